@@ -1,0 +1,4 @@
+//! `layerkit`: the multi-command entry point.
+fn main() -> std::process::ExitCode {
+    layerkit::cli::main(layerkit::cli::Personality::Layerkit)
+}

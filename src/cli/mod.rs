@@ -1,0 +1,110 @@
+//! The command line: parse, call one library job, print its result. Errors are printed once, on one
+//! line, here; the library never prints.
+
+mod args;
+
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::compress::Compression;
+use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
+use crate::error::{Error, Result};
+use crate::overlay::walk::WalkOptions;
+use crate::overlay::Namespace;
+use crate::tar::write::WriteOptions;
+
+pub use args::{Command, DiffArgs, DiffCli, LayerkitCli};
+
+/// Which binary is running: the three share this entry point.
+#[derive(Debug, Clone, Copy)]
+pub enum Personality {
+    /// `layerkit SUBCOMMAND`.
+    Layerkit,
+    /// `layerdiff`.
+    Diff,
+}
+
+/// Run the CLI as `who`; returns the process exit code (0 ok, 1 failed, 2 usage).
+pub fn main(who: Personality) -> ExitCode {
+    let (prog, result) = match who {
+        Personality::Layerkit => match LayerkitCli::parse().command {
+            Command::Diff(a) => ("layerkit diff", run_diff(a)),
+        },
+        Personality::Diff => ("layerdiff", run_diff(DiffCli::parse().args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(Error::Usage(m)) => {
+            eprintln!("{prog}: {m}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{prog}: {}", one_line(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', "\\n")
+}
+
+fn run_diff(a: DiffArgs) -> Result<()> {
+    let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
+    let compression = a.compression.unwrap_or(match &a.output {
+        Some(p) if !to_stdout => Compression::from_path(p),
+        _ => Compression::None,
+    });
+    if to_stdout && a.json {
+        return Err(Error::Usage(
+            "--json prints on stdout, so the layer needs -o FILE".into(),
+        ));
+    }
+    if to_stdout && io::stdout().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to write a layer to a terminal; use -o FILE or a pipe".into(),
+        ));
+    }
+    if !a.upper.is_dir() {
+        let e = if a.upper.exists() {
+            io::Error::other("not a directory")
+        } else {
+            io::ErrorKind::NotFound.into()
+        };
+        return Err(Error::io(&a.upper, e));
+    }
+    let opts = DiffOptions {
+        walk: WalkOptions {
+            ns: if a.userxattr {
+                Namespace::User
+            } else {
+                Namespace::Trusted
+            },
+            lowers: a.lowers,
+        },
+        compression,
+        jobs: a.jobs.unwrap_or(0),
+        write: WriteOptions {
+            clamp_mtime: a.source_date_epoch,
+        },
+    };
+    let report: DiffReport = if to_stdout {
+        let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
+        diff(&a.upper, out, &opts)?.0
+    } else {
+        diff_to_file(&a.upper, a.output.as_deref().expect("checked"), &opts)?
+    };
+    for w in &report.warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+    if a.json {
+        let mut out = io::stdout().lock();
+        let json = serde_json::to_string(&report.descriptor).expect("serialisable");
+        writeln!(out, "{json}").map_err(|e| Error::io("<stdout>", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The format-neutral changeset model that every pipeline speaks.
+//!
+//! A source (the overlay upper walk, the tar reader) produces [`Entry`] values in stream order; a sink
+//! (the tar writer, the overlay-native layer writer) consumes them. Whiteouts and opaque markers are
+//! kinds of their own here: each codec translates its wire form (`.wh.` names in tar, char 0/0 and
+//! `<ns>.overlay.opaque` on disk) to and from these, so no codec knows the other's conventions.
+
+use std::io::Read;
+
+use crate::error::Result;
+
+/// One change: a path and what is there (or that nothing is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Cleaned relative path, bytes, no leading `/` or `./`, no trailing `/`, never `..`.
+    pub path: Vec<u8>,
+    /// What the path holds.
+    pub kind: Kind,
+    /// Attributes; ignored for whiteouts and opaque markers, which writers emit with fixed metadata.
+    pub meta: Meta,
+}
+
+/// What a changeset entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file with `size` bytes of data, which the sink receives as a reader.
+    File {
+        /// Exact data length.
+        size: u64,
+    },
+    /// Directory.
+    Dir,
+    /// Symbolic link to `target` (raw bytes, not resolved).
+    Symlink {
+        /// Link target as stored.
+        target: Vec<u8>,
+    },
+    /// Another name for an entry written earlier in the same stream.
+    Hardlink {
+        /// The earlier entry's path.
+        target: Vec<u8>,
+    },
+    /// Character device.
+    Char {
+        /// Device major.
+        major: u32,
+        /// Device minor.
+        minor: u32,
+    },
+    /// Block device.
+    Block {
+        /// Device major.
+        major: u32,
+        /// Device minor.
+        minor: u32,
+    },
+    /// Named pipe.
+    Fifo,
+    /// The path is deleted from the layers below.
+    Whiteout,
+    /// The directory at the path hides everything the layers below have inside it.
+    Opaque,
+}
+
+/// Attributes of an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (the low 12 bits of `st_mode`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u64,
+    /// Numeric group.
+    pub gid: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// Extended attributes, already filtered for the destination, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A consumer of a changeset stream.
+///
+/// The source drives: it calls [`Sink::put`] once per entry, in stream order (a dir before its
+/// children, a hardlink after its target). For [`Kind::File`] the sink must consume exactly `size`
+/// bytes from `data`; for every other kind `data` is empty. A source that fails stops calling; it never
+/// calls a finishing method, which sinks expose as their own consuming `finish`.
+pub trait Sink {
+    /// Receive one entry.
+    fn put(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()>;
+}

@@ -1,0 +1,104 @@
+//! One error type for the library. Every entry-level failure names the path it concerns and, for
+//! rejected input, the [`Rule`] it broke, so callers (and tests) match on the rule, not on text.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an input was refused. Part of the contract: tests match these, users read their text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rule {
+    /// A name beginning with `.wh.` cannot be represented in an OCI layer (image-spec layer.md).
+    WhiteoutPrefix,
+    /// A metacopy file or redirected dir needs `--lower` to find its data (semantics.md A1).
+    NeedsLower,
+    /// The data a metacopy file or redirect points at is missing from every lower.
+    LowerMissing,
+    /// A file changed size while it was being read: the archive would be corrupt.
+    ChangedWhileReading,
+    /// The tar stream is malformed (bad checksum, truncated, bad PAX record, ...).
+    MalformedTar,
+    /// A path in the tar is empty, absolute after cleaning, or climbs out with `..`.
+    BadPath,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rule::WhiteoutPrefix => {
+                "names beginning with .wh. cannot be represented in an OCI layer"
+            }
+            Rule::NeedsLower => "metacopy/redirect entries need --lower to be converted",
+            Rule::LowerMissing => "the lower data it refers to is missing",
+            Rule::ChangedWhileReading => "file changed size while being read",
+            Rule::MalformedTar => "malformed tar",
+            Rule::BadPath => "invalid path",
+        })
+    }
+}
+
+/// The library's error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a named path (relative to the tree being read, or a file the user named).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// What we were touching.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An entry was refused; `detail` carries the values that broke the rule.
+    #[error("{}: {rule}{}", path.display(), if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    Rejected {
+        /// The entry.
+        path: PathBuf,
+        /// The rule it broke.
+        rule: Rule,
+        /// Values that explain the refusal (may be empty).
+        detail: String,
+    },
+    /// A pipeline stage stopped because another stage failed; the other stage's error is the one
+    /// reported, so users never see this.
+    #[error("stopped because another stage failed")]
+    Stopped,
+    /// Usage errors found by the library (bad option combinations).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A rejected entry.
+    pub fn rejected(path: impl Into<PathBuf>, rule: Rule, detail: impl Into<String>) -> Self {
+        Error::Rejected {
+            path: path.into(),
+            rule,
+            detail: detail.into(),
+        }
+    }
+
+    /// The rule, when this is a rejection.
+    pub fn rule(&self) -> Option<Rule> {
+        match self {
+            Error::Rejected { rule, .. } => Some(*rule),
+            _ => None,
+        }
+    }
+
+    /// True when the underlying cause is a closed pipe (the CLI treats that as success).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

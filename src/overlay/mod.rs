@@ -1,0 +1,140 @@
+//! overlayfs on-disk conventions: which xattr namespace holds the markers, what is private to the
+//! kernel, and how an image's own `<ns>.overlay.*` xattrs are escaped (overlayfs.rst, "Nesting overlayfs
+//! mounts"; kernel `fs/overlayfs/util.c` `ovl_xattr_table`).
+
+pub mod walk;
+
+/// The namespace of the overlay-private xattrs: `trusted.overlay.*` for ordinary mounts,
+/// `user.overlay.*` for `userxattr` (rootless) mounts. The other namespace is plain image data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Namespace {
+    /// `trusted.overlay.*`
+    #[default]
+    Trusted,
+    /// `user.overlay.*`
+    User,
+}
+
+impl Namespace {
+    /// `trusted.overlay.` or `user.overlay.`.
+    pub fn prefix(self) -> &'static [u8] {
+        match self {
+            Namespace::Trusted => b"trusted.overlay.",
+            Namespace::User => b"user.overlay.",
+        }
+    }
+
+    /// Full name of marker `suffix` (`opaque`, `redirect`, ...) in this namespace.
+    pub fn name(self, suffix: &str) -> Vec<u8> {
+        let mut v = self.prefix().to_vec();
+        v.extend_from_slice(suffix.as_bytes());
+        v
+    }
+}
+
+/// Xattrs that are host state rather than image content: an SELinux label is assigned by the host's
+/// policy (osbuild#598 shows leaked labels breaking hosts), an NFSv4 ACL only means something on NFS.
+pub const HOST_ONLY_XATTRS: &[&[u8]] = &[b"security.selinux", b"system.nfs4_acl"];
+
+/// The overlay markers found on one upper node, split from its image xattrs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Markers {
+    /// `<ns>.overlay.opaque` value, if present (`y` = opaque; `x` = may contain xwhiteouts, not opaque).
+    pub opaque: Option<Vec<u8>>,
+    /// `<ns>.overlay.redirect` value: where a renamed dir's (or metacopy file's) content lives.
+    pub redirect: Option<Vec<u8>>,
+    /// `<ns>.overlay.metacopy` present: the upper holds metadata only, data is in a lower.
+    pub metacopy: bool,
+    /// `<ns>.overlay.whiteout` present: a zero-size regular file with it is an xwhiteout.
+    pub whiteout: bool,
+}
+
+impl Markers {
+    /// The dir is opaque: the value is exactly `y` (moby `len==1 && [0]=='y'`; `x` is not opaque).
+    pub fn is_opaque(&self) -> bool {
+        self.opaque.as_deref() == Some(b"y")
+    }
+}
+
+/// Split raw xattrs of an upper node into overlay markers and the xattrs the image carries.
+///
+/// Private names of the active namespace are consumed; an escaped `<ns>.overlay.overlay.X` is the
+/// image's own `<ns>.overlay.X` and comes back unescaped; host-only xattrs are dropped. The result is
+/// sorted by name so the tar bytes do not depend on the filesystem's listing order.
+pub fn split_xattrs(
+    ns: Namespace,
+    raw: Vec<(Vec<u8>, Vec<u8>)>,
+) -> (Markers, Vec<(Vec<u8>, Vec<u8>)>) {
+    let prefix = ns.prefix();
+    let mut m = Markers::default();
+    let mut kept = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            if rest.starts_with(b"overlay.") {
+                let mut un = prefix.to_vec();
+                un.extend_from_slice(&rest[b"overlay.".len()..]);
+                kept.push((un, value));
+                continue;
+            }
+            match rest {
+                b"opaque" => m.opaque = Some(value),
+                b"redirect" => m.redirect = Some(value),
+                b"metacopy" => m.metacopy = true,
+                b"whiteout" => m.whiteout = true,
+                _ => {} // origin, impure, nlink, upper, uuid, protattr, ...: kernel bookkeeping
+            }
+            continue;
+        }
+        if HOST_ONLY_XATTRS.contains(&name.as_slice()) {
+            continue;
+        }
+        kept.push((name, value));
+    }
+    kept.sort();
+    (m, kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(n: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+        (n.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn private_names_are_consumed_and_escaped_ones_unescaped() {
+        let raw = vec![
+            x("user.b", "1"),
+            x("trusted.overlay.opaque", "y"),
+            x("trusted.overlay.overlay.opaque", "y"),
+            x("trusted.overlay.origin", "..."),
+            x("security.selinux", "label"),
+            x("user.overlay.opaque", "y"),
+            x("security.capability", "cap"),
+        ];
+        let (m, kept) = split_xattrs(Namespace::Trusted, raw);
+        assert!(m.is_opaque());
+        assert_eq!(
+            kept,
+            vec![
+                x("security.capability", "cap"),
+                x("trusted.overlay.opaque", "y"),
+                x("user.b", "1"),
+                x("user.overlay.opaque", "y"),
+            ]
+        );
+    }
+
+    #[test]
+    fn user_namespace_leaves_trusted_alone() {
+        let raw = vec![
+            x("trusted.overlay.opaque", "y"),
+            x("user.overlay.opaque", "x"),
+        ];
+        let (m, kept) = split_xattrs(Namespace::User, raw);
+        assert!(!m.is_opaque(), "x is not opaque");
+        assert_eq!(m.opaque.as_deref(), Some(&b"x"[..]));
+        assert_eq!(kept, vec![x("trusted.overlay.opaque", "y")]);
+    }
+}

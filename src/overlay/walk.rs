@@ -1,0 +1,709 @@
+//! Upper dir (+ lowers) -> changeset entries, in deterministic order.
+//!
+//! Order inside each directory: the dir's own entry, its opaque marker, its whiteouts (by name), then
+//! the other children by byte order of their names, depth first. The image-spec asks for whiteouts
+//! before sibling entries (layer.md "Whiteouts"); byte order keeps the stream independent of the
+//! filesystem and of thread counts.
+//!
+//! Lowers are needed only where the upper alone is not the layer (semantics.md finding 5): a metacopy
+//! file's data lives in a lower, and a redirected (renamed) dir's content is the lower dir it names,
+//! merged with the upper's own children. With lowers we also drop opaque markers on dirs that have no
+//! counterpart below, where the marker hides nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::entry::{Entry, Kind, Meta};
+use crate::error::{Error, Result, Rule};
+use crate::overlay::{split_xattrs, Markers, Namespace};
+use crate::sys::{self, FileType, Stat};
+use crate::tar::WHITEOUT_PREFIX;
+
+/// Where the data of a file entry is to be read from; the consumer opens it.
+#[derive(Debug, Clone)]
+pub enum FileRef {
+    /// `name` in the open directory `dir` (upper files: fd-relative, no path walk per file).
+    At {
+        /// Parent directory.
+        dir: Arc<OwnedFd>,
+        /// File name inside it.
+        name: CString,
+    },
+    /// An absolute path into a lower layer (metacopy data, redirected content).
+    Path(PathBuf),
+}
+
+/// One walked entry and, for files, where its bytes are.
+#[derive(Debug)]
+pub struct Item {
+    /// The changeset entry.
+    pub entry: Entry,
+    /// Data source for `Kind::File`.
+    pub data: Option<FileRef>,
+    /// Path shown in errors about this entry's data.
+    pub display: PathBuf,
+}
+
+/// How to read an upper.
+#[derive(Debug, Clone, Default)]
+pub struct WalkOptions {
+    /// Marker namespace of the mount the upper belongs to.
+    pub ns: Namespace,
+    /// Lower dirs, topmost first (the order of `lowerdir=`).
+    pub lowers: Vec<PathBuf>,
+}
+
+/// Something the walk skipped or noticed that a user should hear about.
+pub type Warning = String;
+
+/// Walk `upper`, calling `emit` for each entry in stream order. Returns the warnings.
+pub fn walk(
+    upper: &Path,
+    opts: &WalkOptions,
+    emit: &mut dyn FnMut(Item) -> Result<()>,
+) -> Result<Vec<Warning>> {
+    let root = sys::open_dir(upper).map_err(|e| Error::io(upper, e))?;
+    for l in &opts.lowers {
+        let md = std::path::Path::is_dir(l);
+        if !md {
+            return Err(Error::io(
+                l,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "lower is not a directory"),
+            ));
+        }
+    }
+    let mut w = Walker {
+        ns: opts.ns,
+        upper: upper.as_os_str().as_encoded_bytes().to_vec(),
+        lowers: Lowers {
+            roots: opts.lowers.clone(),
+            ns: opts.ns,
+        },
+        links: HashMap::new(),
+        warnings: Vec::new(),
+        emit,
+    };
+    let ctx = Ctx {
+        lower: if opts.lowers.is_empty() {
+            None
+        } else {
+            Some(Vec::new())
+        },
+        redirected: false,
+    };
+    w.dir(Arc::new(root), &[], &ctx)?;
+    Ok(w.warnings)
+}
+
+/// Per-directory context: which lower path merges with this upper dir, and whether the output path
+/// differs from it (inside a redirected dir, so lower content must be emitted in full).
+struct Ctx {
+    lower: Option<Vec<u8>>,
+    redirected: bool,
+}
+
+struct Walker<'a> {
+    ns: Namespace,
+    upper: Vec<u8>,
+    lowers: Lowers,
+    /// (dev, ino) of files with several names -> path of the first name emitted.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    warnings: Vec<Warning>,
+    emit: &'a mut dyn FnMut(Item) -> Result<()>,
+}
+
+/// One child of an upper dir, classified.
+struct Child {
+    name: Vec<u8>,
+    st: Stat,
+    markers: Markers,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    whiteout: bool,
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
+    v.extend_from_slice(dir);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+fn is_whiteout_dev(st: &Stat) -> bool {
+    sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
+}
+
+fn meta_of(st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
+    Meta {
+        mode: st.st_mode & 0o7777,
+        uid: u64::from(st.st_uid),
+        gid: u64::from(st.st_gid),
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        xattrs,
+    }
+}
+
+impl Walker<'_> {
+    fn upper_path(&self, rel: &[u8]) -> PathBuf {
+        sys::join(&self.upper, rel)
+    }
+
+    fn dir(&mut self, fd: Arc<OwnedFd>, rel: &[u8], ctx: &Ctx) -> Result<()> {
+        let mut names =
+            sys::read_dir_names(&*fd).map_err(|e| Error::io(self.upper_path(rel), e))?;
+        names.sort_unstable();
+        let mut children = Vec::with_capacity(names.len());
+        for name in names {
+            let path = join(rel, &name);
+            if name.starts_with(WHITEOUT_PREFIX) {
+                return Err(Error::rejected(
+                    self.upper_path(&path),
+                    Rule::WhiteoutPrefix,
+                    "",
+                ));
+            }
+            let st = sys::lstatat(&*fd, &name).map_err(|e| Error::io(self.upper_path(&path), e))?;
+            let raw = sys::lget_all_xattrs(&self.upper_path(&path))
+                .map_err(|e| Error::io(self.upper_path(&path), e))?;
+            let (markers, xattrs) = split_xattrs(self.ns, raw);
+            let whiteout = is_whiteout_dev(&st)
+                || (sys::file_type(&st) == FileType::RegularFile
+                    && st.st_size == 0
+                    && markers.whiteout);
+            children.push(Child {
+                name,
+                st,
+                markers,
+                xattrs,
+                whiteout,
+            });
+        }
+
+        if ctx.redirected {
+            // The output path has nothing below it in the lowers (the redirect root hid it), so
+            // whiteouts are moot; what the merged view shows is upper children plus the source's.
+            let upper_names: BTreeSet<Vec<u8>> = children.iter().map(|c| c.name.clone()).collect();
+            let lower_names = match &ctx.lower {
+                Some(l) => self.lowers.merged_names(l)?,
+                None => Vec::new(),
+            };
+            let mut merged: Vec<(Vec<u8>, Option<Child>)> = children
+                .into_iter()
+                .filter(|c| !c.whiteout)
+                .map(|c| (c.name.clone(), Some(c)))
+                .chain(
+                    lower_names
+                        .into_iter()
+                        .filter(|n| !upper_names.contains(n))
+                        .map(|n| (n, None)),
+                )
+                .collect();
+            merged.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, child) in merged {
+                let out = join(rel, &name);
+                match child {
+                    Some(c) => self.child(&fd, rel, ctx, c)?,
+                    None => {
+                        let lrel = join(ctx.lower.as_deref().unwrap_or_default(), &name);
+                        self.lower_entry(&out, &lrel)?
+                    }
+                }
+            }
+            return Ok(());
+        }
+
+        let (whiteouts, others): (Vec<Child>, Vec<Child>) =
+            children.into_iter().partition(|c| c.whiteout);
+        for c in whiteouts {
+            let path = join(rel, &c.name);
+            self.put(
+                Entry {
+                    path,
+                    kind: Kind::Whiteout,
+                    meta: Meta::default(),
+                },
+                None,
+                PathBuf::new(),
+            )?;
+        }
+        for c in others {
+            self.child(&fd, rel, ctx, c)?;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, entry: Entry, data: Option<FileRef>, display: PathBuf) -> Result<()> {
+        (self.emit)(Item {
+            entry,
+            data,
+            display,
+        })
+    }
+
+    /// Hardlink bookkeeping: `Some(target)` when an earlier name of this inode was already emitted.
+    fn link_target(&mut self, st: &Stat, path: &[u8]) -> Option<Vec<u8>> {
+        if st.st_nlink <= 1 {
+            return None;
+        }
+        let key = (st.st_dev, st.st_ino);
+        if let Some(t) = self.links.get(&key) {
+            return Some(t.clone());
+        }
+        self.links.insert(key, path.to_vec());
+        None
+    }
+
+    fn child(&mut self, parent: &Arc<OwnedFd>, rel: &[u8], ctx: &Ctx, c: Child) -> Result<()> {
+        let path = join(rel, &c.name);
+        let lower_path = ctx.lower.as_ref().map(|l| join(l, &c.name));
+        let ft = sys::file_type(&c.st);
+        let display = self.upper_path(&path);
+        let needs_lower =
+            |what: &str| Error::rejected(display.clone(), Rule::NeedsLower, what.to_string());
+        match ft {
+            FileType::Directory => {
+                let fd = sys::openat_dir(&**parent, &c.name).map_err(|e| Error::io(&display, e))?;
+                let meta = meta_of(&c.st, c.xattrs);
+                if let Some(redirect) = &c.markers.redirect {
+                    if self.lowers.roots.is_empty() {
+                        return Err(needs_lower("redirected directory"));
+                    }
+                    let src = resolve_redirect(redirect, ctx.lower.as_deref().unwrap_or_default());
+                    self.put(
+                        Entry {
+                            path: path.clone(),
+                            kind: Kind::Dir,
+                            meta,
+                        },
+                        None,
+                        PathBuf::new(),
+                    )?;
+                    if !ctx.redirected && self.lowers.has_dir(&path)? {
+                        self.put(
+                            Entry {
+                                path: path.clone(),
+                                kind: Kind::Opaque,
+                                meta: Meta::default(),
+                            },
+                            None,
+                            PathBuf::new(),
+                        )?;
+                    }
+                    let lower = if c.markers.is_opaque() {
+                        None
+                    } else {
+                        Some(src)
+                    };
+                    return self.dir(
+                        Arc::new(fd),
+                        &path,
+                        &Ctx {
+                            lower,
+                            redirected: true,
+                        },
+                    );
+                }
+                self.put(
+                    Entry {
+                        path: path.clone(),
+                        kind: Kind::Dir,
+                        meta,
+                    },
+                    None,
+                    PathBuf::new(),
+                )?;
+                let opaque = c.markers.is_opaque();
+                if opaque && !ctx.redirected {
+                    let needed = match &lower_path {
+                        Some(_) => self.lowers.has_dir(&path)?,
+                        None => true,
+                    };
+                    if needed {
+                        self.put(
+                            Entry {
+                                path: path.clone(),
+                                kind: Kind::Opaque,
+                                meta: Meta::default(),
+                            },
+                            None,
+                            PathBuf::new(),
+                        )?;
+                    }
+                }
+                let lower = if opaque { None } else { lower_path };
+                self.dir(
+                    Arc::new(fd),
+                    &path,
+                    &Ctx {
+                        lower,
+                        redirected: ctx.redirected,
+                    },
+                )
+            }
+            FileType::RegularFile => {
+                let meta = meta_of(&c.st, c.xattrs);
+                if let Some(target) = self.link_target(&c.st, &path) {
+                    return self.put(
+                        Entry {
+                            path,
+                            kind: Kind::Hardlink { target },
+                            meta,
+                        },
+                        None,
+                        PathBuf::new(),
+                    );
+                }
+                let size = c.st.st_size as u64;
+                let data = if c.markers.metacopy {
+                    if self.lowers.roots.is_empty() {
+                        return Err(needs_lower("metacopy file"));
+                    }
+                    let src = match &c.markers.redirect {
+                        Some(r) => resolve_redirect(r, ctx.lower.as_deref().unwrap_or_default()),
+                        None => lower_path.clone().unwrap_or_else(|| path.clone()),
+                    };
+                    let (p, _) = self.lowers.data_of(&src, 0).ok_or_else(|| {
+                        Error::rejected(
+                            display.clone(),
+                            Rule::LowerMissing,
+                            format!("no lower file at /{}", String::from_utf8_lossy(&src)),
+                        )
+                    })?;
+                    FileRef::Path(p)
+                } else {
+                    let name = CString::new(c.name.clone()).map_err(|_| {
+                        Error::io(&display, std::io::ErrorKind::InvalidInput.into())
+                    })?;
+                    FileRef::At {
+                        dir: parent.clone(),
+                        name,
+                    }
+                };
+                self.put(
+                    Entry {
+                        path,
+                        kind: Kind::File { size },
+                        meta,
+                    },
+                    Some(data),
+                    display,
+                )
+            }
+            FileType::Socket => {
+                self.warnings.push(format!(
+                    "{}: socket skipped (a tar cannot hold sockets)",
+                    display.display()
+                ));
+                Ok(())
+            }
+            _ => {
+                let kind = match ft {
+                    FileType::Symlink => Kind::Symlink {
+                        target: sys::readlinkat(&**parent, &c.name)
+                            .map_err(|e| Error::io(&display, e))?,
+                    },
+                    FileType::CharacterDevice => {
+                        let (major, minor) = sys::rdev(&c.st);
+                        Kind::Char { major, minor }
+                    }
+                    FileType::BlockDevice => {
+                        let (major, minor) = sys::rdev(&c.st);
+                        Kind::Block { major, minor }
+                    }
+                    _ => Kind::Fifo,
+                };
+                let meta = meta_of(&c.st, c.xattrs);
+                let kind = match self.link_target(&c.st, &path) {
+                    Some(target) => Kind::Hardlink { target },
+                    None => kind,
+                };
+                self.put(Entry { path, kind, meta }, None, PathBuf::new())
+            }
+        }
+    }
+
+    /// Emit the lower node at `lrel` (merged view of the lowers) under output path `out`, recursively.
+    fn lower_entry(&mut self, out: &[u8], lrel: &[u8]) -> Result<()> {
+        let name = out.rsplit(|&b| b == b'/').next().unwrap_or(out);
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return Err(Error::rejected(
+                self.lowers.display(lrel),
+                Rule::WhiteoutPrefix,
+                "",
+            ));
+        }
+        match self.lowers.view(lrel, 0)? {
+            LowerNode::Absent => Ok(()),
+            LowerNode::Dirs(stack) => {
+                let (p, st) = (&stack[0].1, sys_lstat(&stack[0].1)?);
+                let raw = sys::lget_all_xattrs(p).map_err(|e| Error::io(p, e))?;
+                let (_, xattrs) = split_xattrs(self.ns, raw);
+                self.put(
+                    Entry {
+                        path: out.to_vec(),
+                        kind: Kind::Dir,
+                        meta: meta_of(&st, xattrs),
+                    },
+                    None,
+                    PathBuf::new(),
+                )?;
+                for n in self.lowers.merged_names(lrel)? {
+                    self.lower_entry(&join(out, &n), &join(lrel, &n))?;
+                }
+                Ok(())
+            }
+            LowerNode::NonDir(layer, p, st) => {
+                let raw = sys::lget_all_xattrs(&p).map_err(|e| Error::io(&p, e))?;
+                let (markers, xattrs) = split_xattrs(self.ns, raw);
+                let meta = meta_of(&st, xattrs);
+                let ft = sys::file_type(&st);
+                if ft == FileType::Socket {
+                    self.warnings.push(format!(
+                        "{}: socket skipped (a tar cannot hold sockets)",
+                        p.display()
+                    ));
+                    return Ok(());
+                }
+                if let Some(target) = self.link_target(&st, out) {
+                    return self.put(
+                        Entry {
+                            path: out.to_vec(),
+                            kind: Kind::Hardlink { target },
+                            meta,
+                        },
+                        None,
+                        PathBuf::new(),
+                    );
+                }
+                let kind = match ft {
+                    FileType::RegularFile => {
+                        let data = if markers.metacopy {
+                            let src = match &markers.redirect {
+                                Some(r) => resolve_redirect(r, parent_of(lrel)),
+                                None => lrel.to_vec(),
+                            };
+                            self.lowers
+                                .data_of(&src, layer + 1)
+                                .map(|x| x.0)
+                                .ok_or_else(|| {
+                                    Error::rejected(
+                                        p.clone(),
+                                        Rule::LowerMissing,
+                                        "metacopy data not found below",
+                                    )
+                                })?
+                        } else {
+                            p.clone()
+                        };
+                        let size = st.st_size as u64;
+                        return self.put(
+                            Entry {
+                                path: out.to_vec(),
+                                kind: Kind::File { size },
+                                meta,
+                            },
+                            Some(FileRef::Path(data)),
+                            p,
+                        );
+                    }
+                    FileType::Symlink => Kind::Symlink {
+                        target: sys_readlink(&p)?,
+                    },
+                    FileType::CharacterDevice => {
+                        let (major, minor) = sys::rdev(&st);
+                        Kind::Char { major, minor }
+                    }
+                    FileType::BlockDevice => {
+                        let (major, minor) = sys::rdev(&st);
+                        Kind::Block { major, minor }
+                    }
+                    _ => Kind::Fifo,
+                };
+                self.put(
+                    Entry {
+                        path: out.to_vec(),
+                        kind,
+                        meta,
+                    },
+                    None,
+                    PathBuf::new(),
+                )
+            }
+        }
+    }
+}
+
+fn parent_of(p: &[u8]) -> &[u8] {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => &p[..i],
+        None => &[],
+    }
+}
+
+/// A redirect is absolute from the overlay root (`/a/b`) or a sibling name relative to the lower
+/// parent (overlayfs.rst "Redirect dir").
+fn resolve_redirect(redirect: &[u8], lower_parent: &[u8]) -> Vec<u8> {
+    let r = redirect.strip_suffix(b"\0").unwrap_or(redirect);
+    if let Some(abs) = r.strip_prefix(b"/") {
+        let mut v = abs.to_vec();
+        while v.ends_with(b"/") {
+            v.pop();
+        }
+        v
+    } else {
+        join(lower_parent, r)
+    }
+}
+
+fn sys_lstat(p: &Path) -> Result<Stat> {
+    sys::lstatat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()).map_err(|e| Error::io(p, e))
+}
+
+fn sys_readlink(p: &Path) -> Result<Vec<u8>> {
+    sys::readlinkat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()).map_err(|e| Error::io(p, e))
+}
+
+/// The read-only lower layers, looked up by path the way overlayfs merges them.
+struct Lowers {
+    roots: Vec<PathBuf>,
+    ns: Namespace,
+}
+
+enum LowerNode {
+    Absent,
+    /// The dirs that merge at this path, topmost first (the list stops at an opaque one).
+    Dirs(Vec<(usize, PathBuf)>),
+    /// A non-directory in layer `usize`, hiding everything below it.
+    NonDir(usize, PathBuf, Stat),
+}
+
+impl Lowers {
+    fn display(&self, rel: &[u8]) -> PathBuf {
+        match self.roots.first() {
+            Some(r) => sys::join(r.as_os_str().as_encoded_bytes(), rel),
+            None => PathBuf::from(String::from_utf8_lossy(rel).into_owned()),
+        }
+    }
+
+    fn lstat(p: &Path) -> Result<Option<Stat>> {
+        match sys::lstatat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn markers(&self, p: &Path) -> Result<Markers> {
+        let raw = sys::lget_all_xattrs(p).map_err(|e| Error::io(p, e))?;
+        Ok(split_xattrs(self.ns, raw).0)
+    }
+
+    fn is_whiteout(&self, p: &Path, st: &Stat) -> Result<bool> {
+        if is_whiteout_dev(st) {
+            return Ok(true);
+        }
+        if sys::file_type(st) == FileType::RegularFile && st.st_size == 0 {
+            return Ok(self.markers(p)?.whiteout);
+        }
+        Ok(false)
+    }
+
+    /// Overlay lookup of `rel` through layers `from..`: a whiteout or a non-dir stops the layers
+    /// below it; an opaque dir stops them after itself. Layer roots are never opaque (the kernel
+    /// ignores the marker there).
+    fn view(&self, rel: &[u8], from: usize) -> Result<LowerNode> {
+        let mut stack: Vec<(usize, PathBuf)> =
+            self.roots.iter().cloned().enumerate().skip(from).collect();
+        let comps: Vec<&[u8]> = rel
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        for (ci, comp) in comps.iter().enumerate() {
+            let last = ci + 1 == comps.len();
+            let mut next = Vec::new();
+            for (i, dir) in &stack {
+                let p = sys::join(dir.as_os_str().as_encoded_bytes(), comp);
+                let Some(st) = Self::lstat(&p)? else { continue };
+                if self.is_whiteout(&p, &st)? {
+                    break;
+                }
+                if sys::file_type(&st) == FileType::Directory {
+                    let opaque = self.markers(&p)?.is_opaque();
+                    next.push((*i, p));
+                    if opaque {
+                        break;
+                    }
+                } else {
+                    if next.is_empty() && last {
+                        return Ok(LowerNode::NonDir(*i, p, st));
+                    }
+                    break;
+                }
+            }
+            if next.is_empty() {
+                return Ok(LowerNode::Absent);
+            }
+            stack = next;
+        }
+        Ok(LowerNode::Dirs(stack))
+    }
+
+    fn has_dir(&self, rel: &[u8]) -> Result<bool> {
+        Ok(!self.roots.is_empty() && matches!(self.view(rel, 0)?, LowerNode::Dirs(_)))
+    }
+
+    /// The visible names in the merged lower dir at `rel`, sorted.
+    fn merged_names(&self, rel: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let LowerNode::Dirs(stack) = self.view(rel, 0)? else {
+            return Ok(Vec::new());
+        };
+        let mut seen = BTreeSet::new();
+        let mut visible = BTreeSet::new();
+        for (_, dir) in &stack {
+            let fd = sys::open_dir(dir).map_err(|e| Error::io(dir, e))?;
+            for n in sys::read_dir_names(&fd).map_err(|e| Error::io(dir, e))? {
+                if !seen.insert(n.clone()) {
+                    continue;
+                }
+                let p = sys::join(dir.as_os_str().as_encoded_bytes(), &n);
+                let Some(st) = Self::lstat(&p)? else { continue };
+                if !self.is_whiteout(&p, &st)? {
+                    visible.insert(n);
+                }
+            }
+        }
+        Ok(visible.into_iter().collect())
+    }
+
+    /// The regular file holding the data for `rel`, searching layers `from..`, following metacopy
+    /// chains (a lower that is itself a metacopy upper of an older mount).
+    fn data_of(&self, rel: &[u8], from: usize) -> Option<(PathBuf, Stat)> {
+        let mut rel = rel.to_vec();
+        let mut from = from;
+        for _ in 0..self.roots.len() + 1 {
+            match self.view(&rel, from).ok()? {
+                LowerNode::NonDir(i, p, st) if sys::file_type(&st) == FileType::RegularFile => {
+                    let m = self.markers(&p).ok()?;
+                    if !m.metacopy {
+                        return Some((p, st));
+                    }
+                    if let Some(r) = m.redirect {
+                        rel = resolve_redirect(&r, parent_of(&rel));
+                    }
+                    from = i + 1;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,18 @@
+//! The OCI layer tar codec: pure bytes, never touches the filesystem.
+//!
+//! Whiteouts travel as empty regular files named `.wh.NAME`, opaque markers as `DIR/.wh..wh..opq`
+//! (image-spec layer.md "Whiteouts"); the codec maps them to [`crate::entry::Kind::Whiteout`] and
+//! [`crate::entry::Kind::Opaque`] so nothing else in the crate knows these names.
+
+pub mod read;
+pub mod write;
+
+/// Prefix of a whiteout name; no real file in a layer may start with it.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// Name of the opaque marker inside a directory.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// PAX record prefix of an extended attribute (the form GNU tar, Go and libarchive read).
+pub const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+
+/// Size of a tar block.
+pub const BLOCK: usize = 512;

@@ -1,0 +1,418 @@
+//! Deterministic PAX tar writer: the [`Sink`] at the end of the diff and squash pipelines.
+//!
+//! Every header is ustar; a PAX `x` record set precedes it only when a value does not fit (long
+//! names, large ids or sizes, negative times) or the entry has xattrs. Owner names stay empty
+//! (layer.md: uid/gid win), mtimes are whole seconds, and whiteouts/opaque markers have fixed
+//! metadata (mode 0, uid/gid 0, mtime 0) so the same tree always gives the same bytes.
+
+use std::io::{self, Read, Write};
+
+use crate::entry::{Entry, Kind, Meta, Sink};
+use crate::error::{Error, Result, Rule};
+use crate::tar::{BLOCK, OPAQUE_MARKER, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
+
+/// Buffered output is handed on in chunks of this size, the unit the compressors work on.
+const CHUNK: usize = 1 << 20;
+
+/// Writer options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Clamp every mtime to at most this (`SOURCE_DATE_EPOCH`, as `tar --clamp-mtime`).
+    pub clamp_mtime: Option<i64>,
+}
+
+/// Writes entries as a tar stream into `W`.
+pub struct TarWriter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    opts: WriteOptions,
+    /// Uncompressed bytes written so far.
+    written: u64,
+}
+
+impl<W: Write> TarWriter<W> {
+    /// A writer over `out`.
+    pub fn new(out: W, opts: WriteOptions) -> Self {
+        TarWriter {
+            out,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            opts,
+            written: 0,
+        }
+    }
+
+    /// Write the end-of-archive marker (two zero blocks), flush, and hand back the output.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.buf.extend_from_slice(&[0u8; 2 * BLOCK]);
+        self.flush_buf()?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Bytes of tar written so far.
+    pub fn written(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn maybe_flush(&mut self) -> io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, h: &Header<'_>) {
+        let mut pax: Vec<u8> = Vec::new();
+        let mut block = [0u8; BLOCK];
+        if h.name.len() <= 100 {
+            block[..h.name.len()].copy_from_slice(&h.name);
+        } else {
+            pax_record(&mut pax, b"path", &h.name);
+            let keep = truncate_utf8(&h.name, 100);
+            block[..keep.len()].copy_from_slice(keep);
+        }
+        octal(&mut block[100..108], u64::from(h.mode));
+        if !octal_fits(&mut block[108..116], h.uid) {
+            pax_record(&mut pax, b"uid", h.uid.to_string().as_bytes());
+        }
+        if !octal_fits(&mut block[116..124], h.gid) {
+            pax_record(&mut pax, b"gid", h.gid.to_string().as_bytes());
+        }
+        if !octal_fits(&mut block[124..136], h.size) {
+            pax_record(&mut pax, b"size", h.size.to_string().as_bytes());
+        }
+        if h.mtime < 0 || !octal_fits(&mut block[136..148], h.mtime as u64) {
+            pax_record(&mut pax, b"mtime", h.mtime.to_string().as_bytes());
+        }
+        block[156] = h.typeflag;
+        if h.linkname.len() <= 100 {
+            block[157..157 + h.linkname.len()].copy_from_slice(h.linkname);
+        } else {
+            pax_record(&mut pax, b"linkpath", h.linkname);
+            let keep = truncate_utf8(h.linkname, 100);
+            block[157..157 + keep.len()].copy_from_slice(keep);
+        }
+        block[257..263].copy_from_slice(b"ustar\0");
+        block[263..265].copy_from_slice(b"00");
+        if h.typeflag == b'3' || h.typeflag == b'4' {
+            numeric(&mut block[329..337], u64::from(h.dev.0));
+            numeric(&mut block[337..345], u64::from(h.dev.1));
+        }
+        for (k, v) in h.xattrs {
+            let mut key = PAX_XATTR_PREFIX.to_vec();
+            key.extend_from_slice(k);
+            pax_record(&mut pax, &key, v);
+        }
+        if !pax.is_empty() {
+            let mut x = [0u8; BLOCK];
+            // Go and GNU name the extension header after the entry; readers ignore it, so keep it
+            // short and fixed-shape.
+            let base = h
+                .name
+                .rsplit(|&b| b == b'/')
+                .find(|s| !s.is_empty())
+                .unwrap_or(b"");
+            let mut xname = b"PaxHeaders/".to_vec();
+            xname.extend_from_slice(truncate_utf8(base, 100 - xname.len()));
+            x[..xname.len()].copy_from_slice(&xname);
+            octal(&mut x[100..108], 0o644);
+            octal(&mut x[108..116], 0);
+            octal(&mut x[116..124], 0);
+            octal(&mut x[124..136], pax.len() as u64);
+            octal(&mut x[136..148], h.mtime.max(0) as u64 & 0o77777777777);
+            x[156] = b'x';
+            x[257..263].copy_from_slice(b"ustar\0");
+            x[263..265].copy_from_slice(b"00");
+            checksum(&mut x);
+            self.buf.extend_from_slice(&x);
+            self.buf.extend_from_slice(&pax);
+            pad(&mut self.buf);
+        }
+        checksum(&mut block);
+        self.buf.extend_from_slice(&block);
+    }
+
+    /// Copy exactly `size` bytes from `data`, then make sure it had no more: a file that shrinks or
+    /// grows while we read it would otherwise give a corrupt or silently cut archive.
+    fn data(&mut self, path: &[u8], size: u64, data: &mut dyn Read) -> Result<()> {
+        let mut left = size;
+        while left > 0 {
+            let start = self.buf.len();
+            let want = left.min((CHUNK - start.min(CHUNK / 2)) as u64) as usize;
+            self.buf.resize(start + want, 0);
+            let n = match data.read(&mut self.buf[start..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(Error::io(lossy(path), e));
+                }
+            };
+            self.buf.truncate(start + n);
+            if n == 0 {
+                return Err(Error::rejected(
+                    lossy(path),
+                    Rule::ChangedWhileReading,
+                    format!("expected {size} bytes, got {}", size - left),
+                ));
+            }
+            left -= n as u64;
+            self.maybe_flush().map_err(|e| Error::io("<output>", e))?;
+        }
+        let mut probe = [0u8; 1];
+        loop {
+            match data.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => {
+                    return Err(Error::rejected(
+                        lossy(path),
+                        Rule::ChangedWhileReading,
+                        format!("more than the {size} bytes it had when listed"),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(lossy(path), e)),
+            }
+        }
+        pad(&mut self.buf);
+        Ok(())
+    }
+}
+
+fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+struct Header<'a> {
+    name: Vec<u8>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: i64,
+    typeflag: u8,
+    linkname: &'a [u8],
+    dev: (u32, u32),
+    xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+impl<W: Write> Sink for TarWriter<W> {
+    fn put(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
+        let Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            ref xattrs,
+            ..
+        } = entry.meta;
+        let mtime = match self.opts.clamp_mtime {
+            Some(c) => mtime.min(c),
+            None => mtime,
+        };
+        let mut h = Header {
+            name: entry.path.clone(),
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size: 0,
+            mtime,
+            typeflag: b'0',
+            linkname: b"",
+            dev: (0, 0),
+            xattrs,
+        };
+        let fixed = |name: Vec<u8>| Header {
+            name,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            typeflag: b'0',
+            linkname: b"",
+            dev: (0, 0),
+            xattrs: &[],
+        };
+        match &entry.kind {
+            Kind::File { size } => {
+                h.size = *size;
+                self.header(&h);
+                self.data(&entry.path, *size, data)?;
+            }
+            Kind::Dir => {
+                h.name.push(b'/');
+                h.typeflag = b'5';
+                self.header(&h);
+            }
+            Kind::Symlink { target } => {
+                h.typeflag = b'2';
+                h.linkname = target;
+                self.header(&h);
+            }
+            Kind::Hardlink { target } => {
+                h.typeflag = b'1';
+                h.linkname = target;
+                self.header(&h);
+            }
+            Kind::Char { major, minor } => {
+                h.typeflag = b'3';
+                h.dev = (*major, *minor);
+                self.header(&h);
+            }
+            Kind::Block { major, minor } => {
+                h.typeflag = b'4';
+                h.dev = (*major, *minor);
+                self.header(&h);
+            }
+            Kind::Fifo => {
+                h.typeflag = b'6';
+                self.header(&h);
+            }
+            Kind::Whiteout => {
+                let (dir, name) = split_last(&entry.path);
+                let mut n = dir.to_vec();
+                n.extend_from_slice(WHITEOUT_PREFIX);
+                n.extend_from_slice(name);
+                self.header(&fixed(n));
+            }
+            Kind::Opaque => {
+                let mut n = entry.path.clone();
+                n.push(b'/');
+                n.extend_from_slice(OPAQUE_MARKER);
+                self.header(&fixed(n));
+            }
+        }
+        self.maybe_flush().map_err(|e| Error::io("<output>", e))
+    }
+}
+
+/// `("a/b/", "c")` for `a/b/c`; `("", "c")` for `c`.
+fn split_last(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..=i], &p[i + 1..]),
+        None => (&[], p),
+    }
+}
+
+fn truncate_utf8(s: &[u8], max: usize) -> &[u8] {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    // Never cut inside a UTF-8 sequence: readers that decode the ustar name must not see garbage.
+    while end > 0 && (s[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn pad(buf: &mut Vec<u8>) {
+    let rem = buf.len() % BLOCK;
+    if rem != 0 {
+        buf.resize(buf.len() + BLOCK - rem, 0);
+    }
+}
+
+/// Zero-padded octal with a trailing NUL, the form GNU tar and Go write.
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let mut v = v;
+    for b in field[..digits].iter_mut().rev() {
+        *b = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
+    field[digits] = 0;
+}
+
+fn octal_fits(field: &mut [u8], v: u64) -> bool {
+    let digits = field.len() - 1;
+    if digits < 22 && v >= 1u64 << (3 * digits) {
+        octal(field, 0);
+        return false;
+    }
+    octal(field, v);
+    true
+}
+
+/// Octal when it fits, else GNU base-256 (device numbers have no PAX key).
+fn numeric(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    if v < 1u64 << (3 * digits) {
+        octal(field, v);
+    } else {
+        field.fill(0);
+        let n = field.len();
+        for (i, b) in v.to_be_bytes().iter().rev().enumerate() {
+            field[n - 1 - i] = *b;
+        }
+        field[0] |= 0x80;
+    }
+}
+
+fn checksum(block: &mut [u8; BLOCK]) {
+    block[148..156].fill(b' ');
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    octal(&mut block[148..155], u64::from(sum));
+    block[155] = b' ';
+}
+
+/// Append one PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record, itself
+/// included (POSIX pax "extended header"). Values are raw bytes; newlines and NULs are legal in them.
+pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    loop {
+        let total = body + len.to_string().len();
+        if total == len {
+            break;
+        }
+        len = total;
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for n in [0usize, 1, 5, 90, 95, 96, 994, 995, 996, 9994, 100_000] {
+            let mut out = Vec::new();
+            pax_record(&mut out, b"path", &vec![b'a'; n]);
+            let sp = out.iter().position(|&b| b == b' ').unwrap();
+            let len: usize = std::str::from_utf8(&out[..sp]).unwrap().parse().unwrap();
+            assert_eq!(len, out.len(), "value length {n}");
+        }
+    }
+
+    #[test]
+    fn octal_overflow_is_reported() {
+        let mut f = [0u8; 8];
+        assert!(octal_fits(&mut f, 0o7777777));
+        assert!(!octal_fits(&mut f, 0o10000000));
+        let mut s = [0u8; 12];
+        assert!(!octal_fits(&mut s, 8 << 30));
+    }
+
+    #[test]
+    fn utf8_is_never_cut_midway() {
+        let s = "ééé".as_bytes();
+        assert_eq!(truncate_utf8(s, 3), "é".as_bytes());
+    }
+}
