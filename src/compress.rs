@@ -77,14 +77,31 @@ pub enum Encoder<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> Encoder<W> {
-    /// An encoder for `c` on `jobs` worker threads (at least one).
-    pub fn new(c: Compression, out: W, jobs: usize) -> io::Result<Self> {
+    /// An encoder for `c` on `jobs` worker threads (at least one), at `level` (`None`: the format's
+    /// usual default; gzip 1-9, zstd 1-19).
+    pub fn new(c: Compression, out: W, jobs: usize, level: Option<i32>) -> io::Result<Self> {
         let jobs = jobs.max(1);
         Ok(match c {
             Compression::None => Encoder::Plain(out),
-            Compression::Gzip => Encoder::Gzip(ParGz::new(out, jobs, GZIP_LEVEL)),
+            Compression::Gzip => {
+                let l = level.unwrap_or(GZIP_LEVEL as i32);
+                if !(1..=9).contains(&l) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("gzip level {l} is not in 1..=9"),
+                    ));
+                }
+                Encoder::Gzip(ParGz::new(out, jobs, l as u32))
+            }
             Compression::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+                let l = level.unwrap_or(ZSTD_LEVEL);
+                if !(1..=19).contains(&l) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("zstd level {l} is not in 1..=19"),
+                    ));
+                }
+                let mut e = zstd::stream::write::Encoder::new(out, l)?;
                 // Always multithreaded, even with one worker: libzstd's single-threaded mode gives
                 // different bytes, and digests must not depend on --jobs (rust-ecosystem.md).
                 e.multithread(jobs as u32)?;
@@ -312,7 +329,7 @@ mod tests {
     use std::io::Read;
 
     fn roundtrip(c: Compression, data: &[u8], jobs: usize) -> Vec<u8> {
-        let mut e = Encoder::new(c, Vec::new(), jobs).unwrap();
+        let mut e = Encoder::new(c, Vec::new(), jobs, None).unwrap();
         for chunk in data.chunks(70_000) {
             e.write_all(chunk).unwrap();
         }

@@ -27,6 +27,8 @@ pub struct DiffOptions {
     pub walk: WalkOptions,
     /// Blob compression.
     pub compression: Compression,
+    /// Compression level (`None`: gzip 6, zstd 3).
+    pub level: Option<i32>,
     /// Compression worker threads (0 = all cores).
     pub jobs: usize,
     /// Tar writer options (mtime clamp).
@@ -113,8 +115,8 @@ pub fn diff<W: Write + Send + 'static>(
 
         let sink = (|| -> Result<(Descriptor, W)> {
             let hashed = HashWriter::new(out);
-            let mut enc = Encoder::new(opts.compression, hashed, jobs)
-                .map_err(|e| Error::io("<output>", e))?;
+            let mut enc = Encoder::new(opts.compression, hashed, jobs, opts.level)
+                .map_err(|e| Error::Usage(e.to_string()))?;
             let mut diff_id = Hasher::default();
             for chunk in chunk_rx.iter() {
                 diff_id.update(&chunk);

@@ -112,7 +112,7 @@ mod tests {
         let a = "sha256:a".to_string();
         let b = "sha256:b".to_string();
         let want = format(&Sha256::digest(b"sha256:a sha256:b"));
-        assert_eq!(chain_id(&[a.clone()]), Some(a.clone()));
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
         assert_eq!(chain_id(&[a, b]), Some(want));
     }
 }

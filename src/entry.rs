@@ -62,6 +62,9 @@ pub enum Kind {
     Opaque,
 }
 
+/// Extended attributes as (name, value) byte pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Attributes of an entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta {
@@ -76,7 +79,7 @@ pub struct Meta {
     /// Nanoseconds part of the modification time.
     pub mtime_nsec: u32,
     /// Extended attributes, already filtered for the destination, sorted by name.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
 }
 
 /// A consumer of a changeset stream.

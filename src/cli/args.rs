@@ -46,6 +46,9 @@ pub struct DiffArgs {
     /// Compression; default from the output's extension (.tar, .tar.gz/.tgz, .tar.zst/.tzst), none on stdout.
     #[arg(short, long, value_enum)]
     pub compression: Option<Compression>,
+    /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
+    #[arg(long, value_name = "N")]
+    pub level: Option<i32>,
     /// A lower dir of the mount, topmost first (the order of `lowerdir=`); repeatable. Needed for
     /// metacopy files and redirected dirs; also drops opaque markers that hide nothing.
     #[arg(short = 'l', long = "lower", value_name = "DIR")]

@@ -87,6 +87,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
             lowers: a.lowers,
         },
         compression,
+        level: a.level,
         jobs: a.jobs.unwrap_or(0),
         write: WriteOptions {
             clamp_mtime: a.source_date_epoch,

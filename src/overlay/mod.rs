@@ -4,6 +4,8 @@
 
 pub mod walk;
 
+use crate::entry::Xattrs;
+
 /// The namespace of the overlay-private xattrs: `trusted.overlay.*` for ordinary mounts,
 /// `user.overlay.*` for `userxattr` (rootless) mounts. The other namespace is plain image data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,10 +63,7 @@ impl Markers {
 /// Private names of the active namespace are consumed; an escaped `<ns>.overlay.overlay.X` is the
 /// image's own `<ns>.overlay.X` and comes back unescaped; host-only xattrs are dropped. The result is
 /// sorted by name so the tar bytes do not depend on the filesystem's listing order.
-pub fn split_xattrs(
-    ns: Namespace,
-    raw: Vec<(Vec<u8>, Vec<u8>)>,
-) -> (Markers, Vec<(Vec<u8>, Vec<u8>)>) {
+pub fn split_xattrs(ns: Namespace, raw: Xattrs) -> (Markers, Xattrs) {
     let prefix = ns.prefix();
     let mut m = Markers::default();
     let mut kept = Vec::with_capacity(raw.len());

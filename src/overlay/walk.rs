@@ -10,6 +10,7 @@
 //! merged with the upper's own children. With lowers we also drop opaque markers on dirs that have no
 //! counterpart below, where the marker hides nothing.
 
+use crate::entry::Xattrs;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -120,7 +121,7 @@ struct Child {
     name: Vec<u8>,
     st: Stat,
     markers: Markers,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    xattrs: Xattrs,
     whiteout: bool,
 }
 
@@ -139,7 +140,7 @@ fn is_whiteout_dev(st: &Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
-fn meta_of(st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
+fn meta_of(st: &Stat, xattrs: Xattrs) -> Meta {
     Meta {
         mode: st.st_mode & 0o7777,
         uid: u64::from(st.st_uid),

@@ -2,6 +2,7 @@
 //! each wrapper is named after its syscall and returns owned values.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use crate::entry::Xattrs;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
@@ -84,7 +85,7 @@ pub fn rdev(st: &Stat) -> (u32, u32) {
 /// `llistxattr(path)` then `lgetxattr(path, name)` for each: all xattrs of a node without following a
 /// final symlink, in the kernel's order. Path-based because symlinks and whiteout devices cannot be
 /// opened; used only on trees we read (the upper and lowers), never on trees we write into.
-pub fn lget_all_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn lget_all_xattrs(path: &Path) -> io::Result<Xattrs> {
     let mut list = vec![0u8; 4096];
     let n = loop {
         match rfs::llistxattr(path, &mut list[..]) {

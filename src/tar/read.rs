@@ -11,6 +11,7 @@
 //!   files are errors, not guesses;
 //! - metadata records are capped ([`MAX_META`]) so a header cannot make us allocate gigabytes.
 
+use crate::entry::Xattrs;
 use std::io::{self, Read};
 
 use crate::error::{Error, Result, Rule};
@@ -45,7 +46,7 @@ pub struct TarEntry {
     /// Device minor (char/block).
     pub devminor: u32,
     /// `SCHILY.xattr.*` records, name without the prefix, in archive order.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
     /// Offset of the first header block belonging to this member (extension headers included).
     pub header_offset: u64,
     /// Offset of the member's data.
@@ -68,7 +69,7 @@ pub struct Reader<R: Read> {
 
 #[derive(Default)]
 struct Pending {
-    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax: Xattrs,
     gnu_name: Option<Vec<u8>>,
     gnu_link: Option<Vec<u8>>,
     start: Option<u64>,
@@ -509,7 +510,7 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
 }
 
 /// Walk PAX records by their length prefix: `"<len> <key>=<value>\n"`.
-fn parse_pax(mut data: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> std::result::Result<Xattrs, String> {
     let mut out = Vec::new();
     // Trailing NUL padding inside the declared size is tolerated by GNU and Python.
     while !data.is_empty() && data.iter().any(|&b| b != 0) {
