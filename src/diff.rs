@@ -67,10 +67,6 @@ impl Write for ChunkSender {
     }
 }
 
-fn stopped() -> Error {
-    Error::Stopped
-}
-
 /// Diff `upper` into `out`. `out` receives the (compressed) blob.
 pub fn diff<W: Write + Send + 'static>(
     upper: &Path,
@@ -85,11 +81,13 @@ pub fn diff<W: Write + Send + 'static>(
     };
     let (item_tx, item_rx) = bounded::<Item>(512);
     let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(8);
+    let (out_tx, out_rx) = bounded::<Vec<u8>>(8);
+    let hash_blob = opts.compression != Compression::None;
 
     std::thread::scope(|s| {
         let walker = s.spawn(move || {
             walk(upper, &opts.walk, &mut |item| {
-                item_tx.send(item).map_err(|_| stopped())
+                item_tx.send(item).map_err(|_| Error::Stopped)
             })
         });
         let tar = s.spawn(move || -> Result<()> {
@@ -107,38 +105,49 @@ pub fn diff<W: Write + Send + 'static>(
                     }
                     None => w.put(&entry, &mut io::empty()),
                 };
-                res.map_err(|e| relabel(e, &display))?;
+                res.map_err(|e| stop_if_pipe(relabel(e, &display)))?;
             }
-            w.finish().map_err(|_| stopped())?;
+            w.finish().map_err(|_| Error::Stopped)?;
             Ok(())
         });
+        // write(2) gets a thread of its own so that it overlaps hashing and compression.
+        let writer = s.spawn(move || -> Result<W> {
+            let mut out = out;
+            for chunk in out_rx {
+                out.write_all(&chunk)
+                    .map_err(|e| Error::io("<output>", e))?;
+            }
+            out.flush().map_err(|e| Error::io("<output>", e))?;
+            Ok(out)
+        });
 
-        let sink = (|| -> Result<(Descriptor, W)> {
-            let hashed = HashWriter::new(out);
+        let sink = (|| -> Result<(String, String, u64)> {
+            let to_writer = io::BufWriter::with_capacity(1 << 20, ChunkSender(out_tx));
+            let hashed = HashWriter::new(to_writer, hash_blob);
             let mut enc = Encoder::new(opts.compression, hashed, jobs, opts.level)
                 .map_err(|e| Error::Usage(e.to_string()))?;
             let mut diff_id = Hasher::default();
+            let io_err = |e: io::Error| stop_if_pipe(Error::io("<output>", e));
             for chunk in chunk_rx.iter() {
                 diff_id.update(&chunk);
-                enc.write_all(&chunk)
-                    .map_err(|e| Error::io("<output>", e))?;
+                enc.write_all(&chunk).map_err(io_err)?;
             }
-            let (out, digest, size) = enc.finish().map_err(|e| Error::io("<output>", e))?.finish();
-            let descriptor = Descriptor {
-                media_type: opts.compression.media_type().to_string(),
-                digest,
-                size,
-                diff_id: diff_id.finish(),
-            };
-            Ok((descriptor, out))
+            let (buffered, digest, size) = enc.finish().map_err(io_err)?.finish();
+            buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
+            let diff_id = diff_id.finish();
+            // Uncompressed: the blob is the tar, so one hash serves as both digests.
+            let digest = if hash_blob { digest } else { diff_id.clone() };
+            Ok((digest, diff_id, size))
         })();
         let walked = walker.join().expect("walker panicked");
         let tarred = tar.join().expect("tar stage panicked");
+        let written = writer.join().expect("writer panicked");
         // A stage that stopped because another failed reports Stopped; show the real cause.
         let mut errors = Vec::new();
         let warnings = walked.map_err(|e| errors.push(e)).ok();
         let _ = tarred.map_err(|e| errors.push(e));
         let done = sink.map_err(|e| errors.push(e)).ok();
+        let out = written.map_err(|e| errors.push(e)).ok();
         if !errors.is_empty() {
             let i = errors
                 .iter()
@@ -146,15 +155,30 @@ pub fn diff<W: Write + Send + 'static>(
                 .unwrap_or(0);
             return Err(errors.swap_remove(i));
         }
-        let (descriptor, out) = done.expect("no error");
+        let (digest, diff_id, size) = done.expect("no error");
+        let descriptor = Descriptor {
+            media_type: opts.compression.media_type().to_string(),
+            digest,
+            size,
+            diff_id,
+        };
         Ok((
             DiffReport {
                 descriptor,
                 warnings: warnings.unwrap_or_default(),
             },
-            out,
+            out.expect("no error"),
         ))
     })
+}
+
+/// Our channels report a closed receiver as `BrokenPipe`: that stage stopped because a later one
+/// failed, and the later one's error is the one to show.
+fn stop_if_pipe(e: Error) -> Error {
+    match e {
+        Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => Error::Stopped,
+        other => other,
+    }
 }
 
 /// Errors from the tar writer name the entry's path in the stream; show the file on disk instead.

@@ -13,30 +13,36 @@ pub fn format(hash: &[u8]) -> String {
 /// A writer that hashes and counts what passes through it.
 pub struct HashWriter<W: Write> {
     inner: W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     count: u64,
 }
 
 impl<W: Write> HashWriter<W> {
-    /// Wrap `inner`.
-    pub fn new(inner: W) -> Self {
+    /// Wrap `inner`; with `hash` false it only counts (when another hash already covers the bytes).
+    pub fn new(inner: W, hash: bool) -> Self {
         HashWriter {
             inner,
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
             count: 0,
         }
     }
 
-    /// The inner writer, the `sha256:` digest and the byte count.
+    /// The inner writer, the `sha256:` digest (empty when not hashing) and the byte count.
     pub fn finish(self) -> (W, String, u64) {
-        (self.inner, format(&self.hasher.finalize()), self.count)
+        let digest = self
+            .hasher
+            .map(|h| format(&h.finalize()))
+            .unwrap_or_default();
+        (self.inner, digest, self.count)
     }
 }
 
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -99,7 +105,7 @@ mod tests {
 
     #[test]
     fn empty_sha256() {
-        let (_, d, n) = HashWriter::new(Vec::new()).finish();
+        let (_, d, n) = HashWriter::new(Vec::new(), true).finish();
         assert_eq!(
             d,
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
