@@ -1,1 +1,2 @@
+//! Benchmarks: see benches/README.md (pending).
 fn main() {}
