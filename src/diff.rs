@@ -130,7 +130,19 @@ pub fn diff<W: Write + Send + 'static>(
             let io_err = |e: io::Error| stop_if_pipe(Error::io("<output>", e));
             for chunk in chunk_rx.iter() {
                 diff_id.update(&chunk);
-                enc.write_all(&chunk).map_err(io_err)?;
+                match &mut enc {
+                    // Plain: hand the chunk itself to the writer; no copy, no second hash.
+                    Encoder::Plain(h) => {
+                        h.count(chunk.len());
+                        h.get_mut().flush().map_err(io_err)?;
+                        h.get_mut()
+                            .get_mut()
+                            .0
+                            .send(chunk)
+                            .map_err(|_| Error::Stopped)?;
+                    }
+                    _ => enc.write_all(&chunk).map_err(io_err)?,
+                }
             }
             let (buffered, digest, size) = enc.finish().map_err(io_err)?.finish();
             buffered.into_inner().map_err(|e| io_err(e.into_error()))?;

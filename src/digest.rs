@@ -27,6 +27,16 @@ impl<W: Write> HashWriter<W> {
         }
     }
 
+    /// Count `n` bytes that reached the inner writer by another route.
+    pub fn count(&mut self, n: usize) {
+        self.count += n as u64;
+    }
+
+    /// The inner writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// The inner writer, the `sha256:` digest (empty when not hashing) and the byte count.
     pub fn finish(self) -> (W, String, u64) {
         let digest = self

@@ -405,21 +405,9 @@ impl Walker<'_> {
                 Ok(())
             }
             _ => {
-                let kind = match ft {
-                    FileType::Symlink => Kind::Symlink {
-                        target: sys::readlinkat(&**parent, &c.name)
-                            .map_err(|e| Error::io(&display, e))?,
-                    },
-                    FileType::CharacterDevice => {
-                        let (major, minor) = sys::rdev(&c.st);
-                        Kind::Char { major, minor }
-                    }
-                    FileType::BlockDevice => {
-                        let (major, minor) = sys::rdev(&c.st);
-                        Kind::Block { major, minor }
-                    }
-                    _ => Kind::Fifo,
-                };
+                let kind = special_kind(&c.st, || {
+                    sys::readlinkat(&**parent, &c.name).map_err(|e| Error::io(&display, e))
+                })?;
                 let meta = meta_of(&c.st, c.xattrs);
                 let kind = match self.link_target(&c.st, &path) {
                     Some(target) => Kind::Hardlink { target },
@@ -514,18 +502,7 @@ impl Walker<'_> {
                             p,
                         );
                     }
-                    FileType::Symlink => Kind::Symlink {
-                        target: sys_readlink(&p)?,
-                    },
-                    FileType::CharacterDevice => {
-                        let (major, minor) = sys::rdev(&st);
-                        Kind::Char { major, minor }
-                    }
-                    FileType::BlockDevice => {
-                        let (major, minor) = sys::rdev(&st);
-                        Kind::Block { major, minor }
-                    }
-                    _ => Kind::Fifo,
+                    _ => special_kind(&st, || sys_readlink(&p))?,
                 };
                 self.put(
                     Entry {
@@ -539,6 +516,19 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// The kind of a symlink, device or fifo (`readlink` is called only for symlinks).
+fn special_kind(st: &Stat, readlink: impl FnOnce() -> Result<Vec<u8>>) -> Result<Kind> {
+    let (major, minor) = sys::rdev(st);
+    Ok(match sys::file_type(st) {
+        FileType::Symlink => Kind::Symlink {
+            target: readlink()?,
+        },
+        FileType::CharacterDevice => Kind::Char { major, minor },
+        FileType::BlockDevice => Kind::Block { major, minor },
+        _ => Kind::Fifo,
+    })
 }
 
 fn parent_of(p: &[u8]) -> &[u8] {

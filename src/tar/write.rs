@@ -24,7 +24,10 @@ pub struct WriteOptions {
 /// Writes entries as a tar stream into `W`.
 pub struct TarWriter<W: Write> {
     out: W,
+    /// Output staging. Its length only grows (every byte stays initialised, so reads go straight
+    /// into it without zeroing it first); `fill` bytes of it are pending.
     buf: Vec<u8>,
+    fill: usize,
     opts: WriteOptions,
     /// Uncompressed bytes written so far.
     written: u64,
@@ -35,7 +38,8 @@ impl<W: Write> TarWriter<W> {
     pub fn new(out: W, opts: WriteOptions) -> Self {
         TarWriter {
             out,
-            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            buf: vec![0; CHUNK + 64 * 1024],
+            fill: 0,
             opts,
             written: 0,
         }
@@ -43,7 +47,7 @@ impl<W: Write> TarWriter<W> {
 
     /// Write the end-of-archive marker (two zero blocks), flush, and hand back the output.
     pub fn finish(mut self) -> io::Result<W> {
-        self.buf.extend_from_slice(&[0u8; 2 * BLOCK]);
+        self.push(&[0u8; 2 * BLOCK]);
         self.flush_buf()?;
         self.out.flush()?;
         Ok(self.out)
@@ -51,20 +55,37 @@ impl<W: Write> TarWriter<W> {
 
     /// Bytes of tar written so far.
     pub fn written(&self) -> u64 {
-        self.written + self.buf.len() as u64
+        self.written + self.fill as u64
     }
 
     fn flush_buf(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.out.write_all(&self.buf)?;
-            self.written += self.buf.len() as u64;
-            self.buf.clear();
+        if self.fill > 0 {
+            self.out.write_all(&self.buf[..self.fill])?;
+            self.written += self.fill as u64;
+            self.fill = 0;
         }
         Ok(())
     }
 
+    fn push(&mut self, b: &[u8]) {
+        let end = self.fill + b.len();
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.fill..end].copy_from_slice(b);
+        self.fill = end;
+    }
+
+    /// Zero-fill to the next block boundary (`fill` is block-aligned between members).
+    fn pad(&mut self) {
+        let rem = self.fill % BLOCK;
+        if rem != 0 {
+            self.push(&[0u8; BLOCK][..BLOCK - rem]);
+        }
+    }
+
     fn maybe_flush(&mut self) -> io::Result<()> {
-        if self.buf.len() >= CHUNK {
+        if self.fill >= CHUNK {
             self.flush_buf()?;
         }
         Ok(())
@@ -133,12 +154,12 @@ impl<W: Write> TarWriter<W> {
             x[257..263].copy_from_slice(b"ustar\0");
             x[263..265].copy_from_slice(b"00");
             checksum(&mut x);
-            self.buf.extend_from_slice(&x);
-            self.buf.extend_from_slice(&pax);
-            pad(&mut self.buf);
+            self.push(&x);
+            self.push(&pax);
+            self.pad();
         }
         checksum(&mut block);
-        self.buf.extend_from_slice(&block);
+        self.push(&block);
     }
 
     /// Copy exactly `size` bytes from `data`, then make sure it had no more: a file that shrinks or
@@ -146,18 +167,19 @@ impl<W: Write> TarWriter<W> {
     fn data(&mut self, path: &[u8], size: u64, data: &mut dyn Read) -> Result<()> {
         let mut left = size;
         while left > 0 {
-            let start = self.buf.len();
+            let start = self.fill;
             let want = left.min((CHUNK - start.min(CHUNK / 2)) as u64) as usize;
-            self.buf.resize(start + want, 0);
-            let n = match data.read(&mut self.buf[start..]) {
+            if self.buf.len() < start + want {
+                self.buf.resize(start + want, 0);
+            }
+            let n = match data.read(&mut self.buf[start..start + want]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                 Err(e) => {
-                    self.buf.truncate(start);
                     return Err(Error::io(lossy(path), e));
                 }
             };
-            self.buf.truncate(start + n);
+            self.fill = start + n;
             if n == 0 {
                 return Err(Error::rejected(
                     lossy(path),
@@ -183,7 +205,7 @@ impl<W: Write> TarWriter<W> {
                 Err(e) => return Err(Error::io(lossy(path), e)),
             }
         }
-        pad(&mut self.buf);
+        self.pad();
         Ok(())
     }
 }
@@ -314,13 +336,6 @@ fn truncate_utf8(s: &[u8], max: usize) -> &[u8] {
         end -= 1;
     }
     &s[..end]
-}
-
-fn pad(buf: &mut Vec<u8>) {
-    let rem = buf.len() % BLOCK;
-    if rem != 0 {
-        buf.resize(buf.len() + BLOCK - rem, 0);
-    }
 }
 
 /// Zero-padded octal with a trailing NUL, the form GNU tar and Go write.

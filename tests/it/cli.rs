@@ -32,28 +32,7 @@ fn upper(root: &Path) -> std::path::PathBuf {
 }
 
 fn fails_cleanly(out: &Output, must_name: &str, outfile: &Path) {
-    assert!(!out.status.success(), "must fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "exactly one line: {err:?}"
-    );
-    assert!(err.contains(must_name), "{err:?} should name {must_name}");
-    assert!(
-        !outfile.exists(),
-        "no partial output left at {}",
-        outfile.display()
-    );
-    let dir = outfile.parent().unwrap();
-    if dir.exists() {
-        let leftovers: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains("layerkit-tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-    }
+    assert_fails_cleanly(out, &[must_name], outfile);
 }
 
 #[test]

@@ -184,3 +184,32 @@ pub struct Member {
     pub link: String,
     pub pax: Vec<String>,
 }
+
+/// A failed run: non-zero exit, exactly one stderr line naming one of `names`, and no output file
+/// (nor a staging file) left behind.
+pub fn assert_fails_cleanly(out: &Output, names: &[&str], outfile: &Path) {
+    assert!(!out.status.success(), "must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "exactly one line: {err:?}"
+    );
+    assert!(
+        names.iter().any(|n| err.contains(n)),
+        "{err:?} should name one of {names:?}"
+    );
+    assert!(
+        !outfile.exists(),
+        "no partial output left at {}",
+        outfile.display()
+    );
+    if let Some(dir) = outfile.parent().filter(|d| d.exists()) {
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("layerkit-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
