@@ -425,6 +425,28 @@ mod tests {
         assert!(!octal_fits(&mut s, 8 << 30));
     }
 
+    fn file(size: u64) -> Entry {
+        Entry {
+            path: b"f".to_vec(),
+            kind: Kind::File { size },
+            meta: Meta::default(),
+        }
+    }
+
+    #[test]
+    fn a_file_that_shrinks_or_grows_while_read_is_an_error() {
+        let mut w = TarWriter::new(Vec::new(), WriteOptions::default());
+        let e = w.put(&file(10), &mut &b"short"[..]).unwrap_err();
+        assert_eq!(e.rule(), Some(Rule::ChangedWhileReading));
+        let mut w = TarWriter::new(Vec::new(), WriteOptions::default());
+        let e = w.put(&file(3), &mut &b"longer"[..]).unwrap_err();
+        assert_eq!(e.rule(), Some(Rule::ChangedWhileReading));
+        let mut w = TarWriter::new(Vec::new(), WriteOptions::default());
+        w.put(&file(3), &mut &b"abc"[..]).unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(out.len(), 512 * 4, "header, one data block, two end blocks");
+    }
+
     #[test]
     fn utf8_is_never_cut_midway() {
         let s = "ééé".as_bytes();
