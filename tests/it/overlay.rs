@@ -102,6 +102,50 @@ fn check_applied(o: &Outcome, layer: &Path, tag: &str) {
     );
 }
 
+/// The same check with a peer applier: umoci (Debian's package) unpacks an OCI image whose layers
+/// are GNU tar's copy of the lower and our layer.
+fn check_umoci(o: &Outcome, layer: &Path) {
+    if Command::new("umoci").arg("--version").output().is_err() {
+        let msg = "umoci not installed (apt-get install umoci)";
+        assert!(
+            std::env::var("LAYERKIT_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        eprintln!("skipping the umoci cross-check: {msg}");
+        return;
+    }
+    let base = o.path("base.tar");
+    run(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(o.path("lower"))
+        .arg("-cf")
+        .arg(&base)
+        .arg("."));
+    let img = o.path("img");
+    run(Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/oci_image.py"))
+        .arg(&img)
+        .arg(&base)
+        .arg(layer));
+    let rootfs = o.path("umoci-rootfs");
+    run(Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:t", img.display()))
+        .arg(&rootfs));
+    let want: String = o
+        .merged_dump
+        .lines()
+        .filter(|l| !l.contains(" socket"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let got = dump(&rootfs);
+    assert!(
+        want == got,
+        "umoci: base + layer differs from the kernel's merged view:\n{}",
+        diff_lines(&want, &got)
+    );
+}
+
 fn diff_upper(o: &Outcome, out: &str, args: &[&str]) -> std::path::PathBuf {
     let p = o.path(out);
     run(layerdiff()
@@ -178,6 +222,7 @@ fn default_mount_all_compressions() {
         check_tar(&layer, "trusted");
         check_applied(&o, &layer, out);
     }
+    check_umoci(&o, &o.path("l.tar"));
     run(Command::new("gzip").arg("-t").arg(o.path("l.tar.gz")));
     run(Command::new("zstd")
         .arg("-q")
