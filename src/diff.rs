@@ -114,21 +114,22 @@ pub fn diff<W: Write + Send + 'static>(
         let writer = s.spawn(move || -> Result<W> {
             let mut out = out;
             for chunk in out_rx {
-                out.write_all(&chunk)
-                    .map_err(|e| Error::io("<output>", e))?;
+                out.write_all(&chunk).map_err(|e| Error::io(OUTPUT, e))?;
             }
-            out.flush().map_err(|e| Error::io("<output>", e))?;
+            out.flush().map_err(|e| Error::io(OUTPUT, e))?;
             Ok(out)
         });
 
-        let sink = (|| -> Result<(String, String, u64)> {
+        // `move`: when this stage fails, its receiver must drop so the tar stage's sends fail
+        // instead of blocking forever.
+        let sink = (move || -> Result<(String, String, u64)> {
             let to_writer = io::BufWriter::with_capacity(1 << 20, ChunkSender(out_tx));
             let hashed = HashWriter::new(to_writer, hash_blob);
             let mut enc = Encoder::new(opts.compression, hashed, jobs, opts.level)
                 .map_err(|e| Error::Usage(e.to_string()))?;
             let mut diff_id = Hasher::default();
-            let io_err = |e: io::Error| stop_if_pipe(Error::io("<output>", e));
-            for chunk in chunk_rx.iter() {
+            let io_err = |e: io::Error| stop_if_pipe(Error::io(OUTPUT, e));
+            for chunk in chunk_rx {
                 diff_id.update(&chunk);
                 match &mut enc {
                     // Plain: hand the chunk itself to the writer; no copy, no second hash.
@@ -186,6 +187,9 @@ pub fn diff<W: Write + Send + 'static>(
 
 /// Our channels report a closed receiver as `BrokenPipe`: that stage stopped because a later one
 /// failed, and the later one's error is the one to show.
+/// Placeholder path of errors writing the blob, replaced by the real name where it is known.
+const OUTPUT: &str = "<output>";
+
 fn stop_if_pipe(e: Error) -> Error {
     match e {
         Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => Error::Stopped,
@@ -200,7 +204,7 @@ fn relabel(e: Error, display: &Path) -> Error {
     }
     match e {
         Error::Rejected { rule, detail, .. } => Error::rejected(display, rule, detail),
-        Error::Io { source, path } if path != Path::new("<output>") => Error::io(display, source),
+        Error::Io { source, path } if path != Path::new(OUTPUT) => Error::io(display, source),
         other => other,
     }
 }
@@ -244,7 +248,15 @@ pub fn diff_to_file(upper: &Path, path: &Path, opts: &DiffOptions) -> Result<Dif
         }
         Err(e) => {
             let _ = sys::remove_file(&tmp);
-            Err(e)
+            Err(name_output(e, path))
         }
+    }
+}
+
+/// The pipeline only knows "the output"; name it for the user.
+pub fn name_output(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Io { path: p, source } if p == Path::new(OUTPUT) => Error::io(path, source),
+        other => other,
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::compress::Compression;
-use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
+use crate::diff::{diff, diff_to_file, name_output, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
 use crate::overlay::walk::WalkOptions;
 use crate::overlay::Namespace;
@@ -95,7 +95,9 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     };
     let report: DiffReport = if to_stdout {
         let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
-        diff(&a.upper, out, &opts)?.0
+        diff(&a.upper, out, &opts)
+            .map_err(|e| name_output(e, Path::new("<stdout>")))?
+            .0
     } else {
         diff_to_file(&a.upper, a.output.as_deref().expect("checked"), &opts)?
     };

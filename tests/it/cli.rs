@@ -89,6 +89,62 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
             &out,
         );
     }
+    // A failure in the last stage, on an upper bigger than the pipeline's buffers, must end the
+    // run (regression: the tar stage once blocked forever on a full channel).
+    let many = t.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    // Incompressible, so even gzip/zstd output overflows the small disk below.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..40 {
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(many.join(format!("f{i}")), data).unwrap();
+    }
+    let zst = t.path().join("o.tar.zst");
+    let r = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_layerdiff"))
+        .arg(&many)
+        .arg("-o")
+        .arg(&zst)
+        .args(["--level", "40"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2), "usage error, not a hang: {r:?}");
+    fails_cleanly(&r, "level 40", &zst);
+    // A full disk: the error names the output, nothing is left behind, and the run ends.
+    if need_root("a tiny tmpfs for ENOSPC") {
+        let full = t.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&full));
+        for c in ["none", "gzip", "zstd"] {
+            let o = full.join("x.tar");
+            let r = Command::new("timeout")
+                .arg("60")
+                .arg(env!("CARGO_BIN_EXE_layerdiff"))
+                .arg(&many)
+                .arg("-o")
+                .arg(&o)
+                .args(["-c", c])
+                .output()
+                .unwrap();
+            assert_eq!(r.status.code(), Some(1), "{c}: {r:?}");
+            fails_cleanly(&r, "x.tar", &o);
+            assert_eq!(
+                std::fs::read_dir(&full).unwrap().count(),
+                0,
+                "{c}: nothing left on the full disk"
+            );
+        }
+    }
     // An existing output file survives a failed run untouched.
     std::fs::write(&out, b"precious").unwrap();
     let r = layerdiff().arg(&u).arg("-o").arg(&out).output().unwrap();
