@@ -125,6 +125,9 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         run(Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
             .arg(&full));
+        let _unmount = Mount {
+            merged: full.clone(),
+        };
         for c in ["none", "gzip", "zstd"] {
             let o = full.join("x.tar");
             let r = Command::new("timeout")
