@@ -9,6 +9,8 @@
 //! before every run (untimed). Prints median seconds, MB/s of uncompressed tar, output size, peak RSS
 //! and the ratio baseline/layerdiff (> 1: layerdiff is faster).
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // test code: std::fs is fine here
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

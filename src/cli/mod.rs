@@ -69,14 +69,6 @@ fn run_diff(a: DiffArgs) -> Result<()> {
             "refusing to write a layer to a terminal; use -o FILE or a pipe".into(),
         ));
     }
-    if !a.upper.is_dir() {
-        let e = if a.upper.exists() {
-            io::Error::other("not a directory")
-        } else {
-            io::ErrorKind::NotFound.into()
-        };
-        return Err(Error::io(&a.upper, e));
-    }
     let opts = DiffOptions {
         walk: WalkOptions {
             ns: if a.userxattr {

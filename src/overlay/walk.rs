@@ -68,13 +68,8 @@ pub fn walk(
 ) -> Result<Vec<Warning>> {
     let root = sys::open_dir(upper).map_err(|e| Error::io(upper, e))?;
     for l in &opts.lowers {
-        let md = std::path::Path::is_dir(l);
-        if !md {
-            return Err(Error::io(
-                l,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "lower is not a directory"),
-            ));
-        }
+        // O_DIRECTORY: a missing lower or one that is not a dir fails here, naming it.
+        sys::open_dir(l).map_err(|e| Error::io(l, e))?;
     }
     let mut w = Walker {
         ns: opts.ns,
