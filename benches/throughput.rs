@@ -1,195 +1,592 @@
 //! layerdiff against GNU tar, zstd, gzip and pigz on the same inputs, in the same run.
 //!
-//! `cargo build --release && cargo bench --bench throughput [-- --quick] [--runs N]`
+//! ```sh
+//! cargo build --release
+//! cargo bench --bench throughput                     # full: upper1 upper2 small bigrand
+//! cargo bench --bench throughput -- --quick          # no bigrand, no gzip on small
+//! cargo bench --bench throughput -- --runs 3 upper1  # only some inputs, N timed runs each
+//! ```
 //!
-//! Inputs come from `LAYERKIT_CORPUS` (default `/work/corpus`), built by
-//! `../shared/bench/make-corpus.sh`: `upper/upper1` (a real `apt-get install python3 gcc ...` upper),
-//! `upper/upper2`, `stress/small` (200,000 small files) and `stress/bigrand` (2 GiB random). Each pair
-//! runs interleaved (A, B, A, B, ...) after one warm-up, with the previous output deleted and `sync`
-//! before every run (untimed). Prints median seconds, MB/s of uncompressed tar, output size, peak RSS
-//! and the ratio baseline/layerdiff (> 1: layerdiff is faster).
+//! Uses the already built `target/release/layerdiff` (or `$LAYERDIFF`), copied once into the scratch
+//! dir so that a concurrent `cargo build` cannot swap it mid-run. Inputs come from `$LAYERKIT_CORPUS`
+//! (default `/work/corpus`, built by `make-corpus.sh`); without a corpus the bench prints how to build
+//! one and exits 0. Outputs go to `$BENCH_TMP` (default `/var/tmp/layerkit-bench`, on disk).
+//!
+//! Every group (baselines plus the layerdiff command that does the same job) runs one untimed
+//! warm-up per command, then N interleaved rounds (A, A', B, A, A', B, ...); before every run the
+//! previous output is deleted and `sync` runs, both untimed. Wall time comes from `Instant` around
+//! `/usr/bin/time -f %M`, which supplies the peak RSS. See `benches/README.md`.
 
-#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // test code: std::fs is fine here
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // bench code: std::fs is fine here
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-struct Row {
-    label: String,
-    cmd: String,
-    out: PathBuf,
+const USAGE: &str = "\
+usage: cargo bench --bench throughput [-- [--quick] [--runs N] [--bigrand-gzip] [INPUT...]]
+  INPUT          upper1 upper2 small bigrand (default: all; bigrand not with --quick)
+  --quick        skip bigrand, and gzip on small/bigrand
+  --runs N       timed runs per command (default 5; 3 for small and bigrand)
+  --bigrand-gzip also the gzip group on bigrand (about 10 minutes more)
+env: LAYERDIFF (binary, default target/release/layerdiff), LAYERKIT_CORPUS (default /work/corpus),
+     BENCH_TMP (scratch dir for outputs, default /var/tmp/layerkit-bench; not tmpfs)";
+
+/// (name, path under the corpus, default runs)
+const INPUTS: [(&str, &str, usize); 4] = [
+    ("upper1", "upper/upper1", 5),
+    ("upper2", "upper/upper2", 5),
+    ("small", "stress/small", 3),
+    ("bigrand", "stress/bigrand", 3),
+];
+
+struct Opts {
+    quick: bool,
+    runs: Option<usize>,
+    bigrand_gzip: bool,
+    only: Vec<String>,
 }
 
-fn sh(cmd: &str) -> (f64, u64) {
-    let rss = std::env::temp_dir().join("lk-bench-rss");
-    let t = Instant::now();
-    let st = Command::new("/usr/bin/time")
-        .args(["-f", "%M", "-o"])
-        .arg(&rss)
-        .args(["bash", "-c", cmd])
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        quick: false,
+        runs: None,
+        bigrand_gzip: false,
+        only: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bench" => {} // passed by `cargo bench`
+            "--quick" => o.quick = true,
+            "--bigrand-gzip" => o.bigrand_gzip = true,
+            "--runs" => {
+                let n = it
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .filter(|&n| n > 0);
+                o.runs = Some(n.ok_or("--runs needs a positive integer")?);
+            }
+            "-h" | "--help" => return Err(String::new()),
+            s if INPUTS.iter().any(|i| i.0 == s) => o.only.push(s.to_string()),
+            s => return Err(format!("unknown argument {s:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Single-quote for bash.
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("bash")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
         .status()
-        .expect("spawn");
-    let secs = t.elapsed().as_secs_f64();
-    assert!(st.success(), "failed: {cmd}");
-    let kb = std::fs::read_to_string(&rss)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or(0);
-    (secs, kb)
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
-fn prepare(out: &Path) {
-    let _ = std::fs::remove_file(out);
+/// First line of `bash -c cmd`'s stdout (tool versions and the like).
+fn first_line(cmd: &str) -> String {
+    Command::new("bash")
+        .args(["-c", cmd])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn remove(p: &Path) {
+    let _ = std::fs::remove_file(p);
+}
+
+fn sync() {
     let _ = Command::new("sync").status();
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+fn size(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let runs_arg = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok());
+/// One command of a group.
+struct Cmd {
+    label: String,
+    shell: String,
+    out: PathBuf,
+    compressed: bool,
+    times: Vec<f64>,
+    rss_kib: u64,
+    error: Option<String>,
+}
+
+impl Cmd {
+    fn new(label: &str, shell: String, out: PathBuf, compressed: bool) -> Self {
+        Cmd {
+            label: label.into(),
+            shell,
+            out,
+            compressed,
+            times: Vec::new(),
+            rss_kib: 0,
+            error: None,
+        }
+    }
+
+    /// Delete the previous output, sync (untimed), then run once under `/usr/bin/time`.
+    fn run(&mut self, rss_file: &Path, timed: bool) {
+        if self.error.is_some() {
+            return;
+        }
+        remove(&self.out);
+        remove(rss_file);
+        sync();
+        let t = Instant::now();
+        let res = Command::new("/usr/bin/time")
+            .args(["-f", "%M", "-o"])
+            .arg(rss_file)
+            .args(["bash", "-o", "pipefail", "-c", &self.shell])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        let secs = t.elapsed().as_secs_f64();
+        match res {
+            Ok(o) if o.status.success() => {
+                if timed {
+                    self.times.push(secs);
+                    let kib = std::fs::read_to_string(rss_file)
+                        .ok()
+                        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
+                        .unwrap_or(0);
+                    self.rss_kib = self.rss_kib.max(kib);
+                }
+            }
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(3).collect();
+                let msg = format!(
+                    "{} ({})",
+                    o.status,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                );
+                eprintln!("FAILED: {}\n  {}\n  {msg}", self.label, self.shell);
+                self.error = Some(msg);
+            }
+            Err(e) => {
+                eprintln!("FAILED to spawn /usr/bin/time for {}: {e}", self.label);
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn median(&self) -> Option<f64> {
+        let mut v = self.times.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    fn min(&self) -> Option<f64> {
+        self.times.iter().copied().min_by(f64::total_cmp)
+    }
+}
+
+/// Baselines plus the layerdiff command that does the same job (always last).
+struct Group {
+    cmds: Vec<Cmd>,
+}
+
+impl Group {
+    fn run(&mut self, runs: usize, rss_file: &Path) {
+        for c in &mut self.cmds {
+            c.run(rss_file, false); // warm-up: page cache hot, binaries loaded
+        }
+        for _ in 0..runs {
+            for c in &mut self.cmds {
+                c.run(rss_file, true);
+            }
+        }
+    }
+
+    /// Markdown rows; the ratio columns are baseline / layerdiff.
+    fn rows(&self, tar_bytes: Option<u64>, table: &mut String) {
+        let ld = self.cmds.last().expect("group has a layerdiff command");
+        let (ld_med, ld_size) = (ld.median(), size(&ld.out));
+        for (i, c) in self.cmds.iter().enumerate() {
+            let is_ld = i + 1 == self.cmds.len();
+            let label = c.label.replace('|', r"\|");
+            let label = if is_ld { format!("**{label}**") } else { label };
+            let Some(med) = c.median() else {
+                let why = c.error.as_deref().unwrap_or("no runs");
+                let _ = writeln!(
+                    table,
+                    "| {label} | FAILED: {} | | | | | | |",
+                    why.replace('|', r"\|")
+                );
+                continue;
+            };
+            let f2 = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}"));
+            let mbps = tar_bytes.map_or("–".into(), |b| format!("{:.0}", b as f64 / 1e6 / med));
+            let out = size(&c.out);
+            let speed = if is_ld {
+                "ref".into()
+            } else {
+                f2(ld_med.map(|l| med / l))
+            };
+            let size_ratio = match (is_ld, c.compressed, out, ld_size) {
+                (false, true, Some(a), Some(b)) if b > 0 => format!("{:.3}", a as f64 / b as f64),
+                (true, true, _, _) => "ref".into(),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                table,
+                "| {label} | {med:.2} | {} | {mbps} | {} | {:.0} | {speed} | {size_ratio} |",
+                f2(c.min()),
+                out.map_or("–".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+                c.rss_kib as f64 / 1024.0,
+            );
+        }
+    }
+}
+
+/// Untimed sanity check: the compressed layerdiff outputs decompress to exactly the .tar output.
+fn check_same_tar(tar: &Path, compressed: &Path, decomp: &str) -> String {
+    if size(tar).is_none() || size(compressed).is_none() {
+        return "skipped (output missing)".into();
+    }
+    let ok = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!("{decomp} -dc {} | cmp -s - {}", q(compressed), q(tar)),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        "ok".into()
+    } else {
+        "DIFFERENT".into()
+    }
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+
     let corpus =
         PathBuf::from(std::env::var("LAYERKIT_CORPUS").unwrap_or_else(|_| "/work/corpus".into()));
     if !corpus.join("upper/upper1").is_dir() {
-        println!("corpus not found at {}: build it with ../shared/bench/make-corpus.sh DIR and set LAYERKIT_CORPUS", corpus.display());
-        return;
+        println!(
+            "throughput bench: no corpus at {} (set LAYERKIT_CORPUS). Build one (as root, outside any git repo;\n\
+             needs debootstrap attr libcap2-bin buildah skopeo pigz zstd python3), e.g.:\n  \
+             STAGES=\"base uppers stress sizes\" /work/shared/bench/make-corpus.sh /work/corpus\n\
+             Skipping.",
+            corpus.display()
+        );
+        return ExitCode::SUCCESS;
     }
-    let ld = std::env::var("LAYERDIFF")
+
+    // The already built release binary: next to this bench executable (target/release/deps/..),
+    // which follows CARGO_TARGET_DIR, unless LAYERDIFF says otherwise.
+    let ld_src = std::env::var_os("LAYERDIFF")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/layerdiff"));
-    if !ld.exists() {
-        println!("{} missing: run cargo build --release first", ld.display());
-        return;
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent()?.parent().map(|d| d.join("layerdiff")))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/layerdiff")
+                })
+        });
+    if !ld_src.is_file() {
+        eprintln!(
+            "throughput bench: layerdiff binary not found at {}\n  build it first: cargo build --release \
+             (or point LAYERDIFF at a binary)",
+            ld_src.display()
+        );
+        return ExitCode::FAILURE;
     }
+    for tool in [
+        "tar",
+        "zstd",
+        "gzip",
+        "sha256sum",
+        "cmp",
+        "mkfifo",
+        "/usr/bin/time",
+    ] {
+        if !have(tool) {
+            eprintln!("throughput bench: `{tool}` not found (needs GNU tar, zstd, gzip, coreutils, GNU time)");
+            return ExitCode::FAILURE;
+        }
+    }
+    let pigz = have("pigz");
+
     let tmp = PathBuf::from(
         std::env::var("BENCH_TMP").unwrap_or_else(|_| "/var/tmp/layerkit-bench".into()),
     );
-    std::fs::create_dir_all(&tmp).unwrap();
-    let pigz = Command::new("sh")
-        .args(["-c", "command -v pigz"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-
-    let mut inputs = vec![
-        ("upper1", "upper/upper1", 5),
-        ("upper2", "upper/upper2", 5),
-        ("small", "stress/small", 3),
-    ];
-    if !quick {
-        inputs.push(("bigrand", "stress/bigrand", 3));
-    }
-    for (name, rel, default_runs) in inputs {
-        let dir = corpus.join(rel);
-        let runs = runs_arg.unwrap_or(default_runs);
-        let o = |ext: &str| tmp.join(format!("{name}.{ext}"));
-        let tar = format!("tar --xattrs -C {} -cf - .", dir.display());
-        let ldc = |out: &Path| format!("{} {} -o {}", ld.display(), dir.display(), out.display());
-        let mut pairs: Vec<(Row, Row)> = vec![
-            (
-                Row { label: "GNU tar > file".into(), cmd: format!("{tar} > {}", o("gnu.tar").display()), out: o("gnu.tar") },
-                Row { label: "layerdiff -o .tar".into(), cmd: ldc(&o("tar")), out: o("tar") },
-            ),
-            (
-                Row { label: "tar | zstd -T0 -3".into(), cmd: format!("{tar} | zstd -q -T0 -3 > {}", o("gnu.tar.zst").display()), out: o("gnu.tar.zst") },
-                Row { label: "layerdiff -o .tar.zst".into(), cmd: ldc(&o("tar.zst")), out: o("tar.zst") },
-            ),
-            (
-                Row {
-                    label: "tar | tee sha256 | zstd | tee sha256 (both digests)".into(),
-                    cmd: format!("{tar} | tee >(sha256sum >/dev/null) | zstd -q -T0 -3 | tee >(sha256sum >/dev/null) > {}", o("gnu2.tar.zst").display()),
-                    out: o("gnu2.tar.zst"),
-                },
-                Row { label: "layerdiff -o .tar.zst".into(), cmd: ldc(&o("tar.zst")), out: o("tar.zst") },
-            ),
-        ];
-        // The zstd level that buys speed: same baseline, layerdiff one level lower.
-        pairs.push((
-            Row {
-                label: "tar | zstd -T0 -3".into(),
-                cmd: format!("{tar} | zstd -q -T0 -3 > {}", o("gnu.tar.zst").display()),
-                out: o("gnu.tar.zst"),
-            },
-            Row {
-                label: "layerdiff --level 2 -o .tar.zst".into(),
-                cmd: format!("{} --level 2", ldc(&o("l2.tar.zst"))),
-                out: o("l2.tar.zst"),
-            },
-        ));
-        let big = name == "small" || name == "bigrand";
-        // gzip of 2 GiB of random data takes minutes per run and says nothing new.
-        if !(quick && big) && name != "bigrand" {
-            pairs.push((
-                Row {
-                    label: "tar | gzip".into(),
-                    cmd: format!("{tar} | gzip > {}", o("gnu.tar.gz").display()),
-                    out: o("gnu.tar.gz"),
-                },
-                Row {
-                    label: "layerdiff -o .tar.gz".into(),
-                    cmd: ldc(&o("tar.gz")),
-                    out: o("tar.gz"),
-                },
-            ));
-            if pigz {
-                pairs.push((
-                    Row {
-                        label: "tar | pigz".into(),
-                        cmd: format!("{tar} | pigz > {}", o("pigz.tar.gz").display()),
-                        out: o("pigz.tar.gz"),
-                    },
-                    Row {
-                        label: "layerdiff -o .tar.gz".into(),
-                        cmd: ldc(&o("tar.gz")),
-                        out: o("tar.gz"),
-                    },
-                ));
-            }
-        }
-        // Uncompressed tar size for MB/s.
-        prepare(&o("tar"));
-        sh(&ldc(&o("tar")));
-        let tar_bytes = std::fs::metadata(o("tar")).unwrap().len() as f64;
-        println!(
-            "\n### {name} ({}, {:.0} MB of tar, {runs} runs, median)\n",
-            dir.display(),
-            tar_bytes / 1e6
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        eprintln!(
+            "throughput bench: cannot create BENCH_TMP {}: {e}",
+            tmp.display()
         );
-        println!("| baseline | s | MB/s | out MB | RSS MiB | layerdiff | s | MB/s | out MB | RSS MiB | speed-up |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        for (a, b) in &pairs {
-            let (mut ta, mut tb, mut ra, mut rb) = (Vec::new(), Vec::new(), 0, 0);
-            for r in &[a, b] {
-                prepare(&r.out);
-                sh(&r.cmd); // warm-up
-            }
-            for _ in 0..runs {
-                for (r, t, rss) in [(a, &mut ta, &mut ra), (b, &mut tb, &mut rb)] {
-                    prepare(&r.out);
-                    let (s, kb) = sh(&r.cmd);
-                    t.push(s);
-                    *rss = (*rss).max(kb);
-                }
-            }
-            let (ma, mb) = (median(&mut ta), median(&mut tb));
-            let size = |p: &Path| {
-                std::fs::metadata(p)
-                    .map(|m| m.len() as f64 / 1e6)
-                    .unwrap_or(0.0)
-            };
-            println!(
-                "| {} | {:.2} | {:.0} | {:.1} | {} | {} | {:.2} | {:.0} | {:.1} | {} | **{:.2}x** |",
-                a.label.replace('|', "\\|"), ma, tar_bytes / 1e6 / ma, size(&a.out), ra / 1024, b.label, mb, tar_bytes / 1e6 / mb, size(&b.out), rb / 1024, ma / mb
+        return ExitCode::FAILURE;
+    }
+    let rss_file = tmp.join("time-rss.txt");
+    // A private copy: the other binary may be rebuilt while the bench runs.
+    let ld = tmp.join("layerdiff.bench");
+    if let Err(e) = std::fs::copy(&ld_src, &ld) {
+        eprintln!(
+            "throughput bench: cannot copy {} to {}: {e}",
+            ld_src.display(),
+            ld.display()
+        );
+        return ExitCode::FAILURE;
+    }
+
+    // Warn when the binary is older than the sources (the bench does not rebuild it).
+    let newest_src = Command::new("bash")
+        .args(["-c", &format!("find {0}/src {0}/Cargo.toml {0}/Cargo.lock -type f -printf '%T@\\n' | sort -n | tail -1", q(Path::new(env!("CARGO_MANIFEST_DIR"))))])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok());
+    let bin_mtime = std::fs::metadata(&ld_src)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    if let (Some(s), Some(b)) = (newest_src, bin_mtime) {
+        if s > b {
+            eprintln!(
+                "WARNING: {} is older than the newest file in src/ (run cargo build --release)",
+                ld_src.display()
             );
         }
+    }
+
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let manifest = q(Path::new(env!("CARGO_MANIFEST_DIR")));
+    println!("# layerdiff throughput\n");
+    println!("- date: {}", first_line("date -u '+%Y-%m-%d %H:%M UTC'"));
+    println!(
+        "- command: `cargo bench --bench throughput{}`",
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", args.join(" "))
+        }
+    );
+    println!(
+        "- machine: nproc {}, kernel {}, {} MiB RAM, load before: {}",
+        first_line("nproc"),
+        first_line("uname -r"),
+        first_line("awk '/MemTotal/{print int($2/1024)}' /proc/meminfo"),
+        first_line("cut -d' ' -f1-3 /proc/loadavg"),
+    );
+    println!(
+        "- tools: {}; {}; {}; {}",
+        first_line("zstd --version | tr -d '*'"),
+        first_line("tar --version | head -1"),
+        first_line("gzip --version | head -1"),
+        if pigz {
+            first_line("pigz --version 2>&1")
+        } else {
+            "pigz not installed".into()
+        },
+    );
+    println!(
+        "- layerdiff: {} ({}, git {}{})",
+        ld_src.display(),
+        first_line(&format!("{} --version", q(&ld))),
+        first_line(&format!("git -C {manifest} rev-parse --short HEAD")),
+        first_line(&format!("git -C {manifest} status --porcelain -- src Cargo.toml Cargo.lock | grep -q . && echo ', src dirty' || echo ''")),
+    );
+    println!(
+        "- corpus: {}; scratch: {} ({})",
+        corpus.display(),
+        tmp.display(),
+        first_line(&format!("stat -f -c %T {}", q(&tmp)))
+    );
+    println!(
+        "\nTimes are wall seconds (median and min of the timed runs, after one warm-up; output deleted and \
+         `sync` before each run). MB/s = bytes of layerdiff's uncompressed .tar / median. Peak RSS = max over \
+         runs of the largest single process (for a pipeline: its biggest member, not the sum). speed = \
+         baseline median / layerdiff median (> 1: layerdiff faster); size = baseline output / layerdiff output \
+         (> 1: layerdiff smaller)."
+    );
+
+    let mut failed = false;
+    let t_all = Instant::now();
+    for (name, rel, default_runs) in INPUTS {
+        let selected = if opts.only.is_empty() {
+            !(opts.quick && name == "bigrand")
+        } else {
+            opts.only.iter().any(|o| o == name)
+        };
+        if !selected {
+            continue;
+        }
+        let dir = corpus.join(rel);
+        if !dir.is_dir() {
+            println!("\n### {name}: {} missing, skipped", dir.display());
+            continue;
+        }
+        let t_input = Instant::now();
+        let runs = opts.runs.unwrap_or(default_runs);
+        let big = name == "small" || name == "bigrand";
+        let gzip = !(opts.quick && big) && (name != "bigrand" || opts.bigrand_gzip);
+        let o = |ext: &str| tmp.join(format!("{name}.{ext}"));
+        let tar = format!("tar --xattrs -C {} -cf - .", q(&dir));
+        let ldc = |out: &Path| format!("{} {} -o {}", q(&ld), q(&dir), q(out));
+
+        let mut groups = vec![
+            Group {
+                cmds: vec![
+                    Cmd::new("tar > .tar", format!("{tar} > {}", q(&o("gnu.tar"))), o("gnu.tar"), false),
+                    Cmd::new("layerdiff -o .tar", ldc(&o("tar")), o("tar"), false),
+                ],
+            },
+            Group {
+                cmds: vec![
+                    Cmd::new(
+                        "tar | zstd -T0 -3",
+                        format!("{tar} | zstd -q -T0 -3 > {}", q(&o("gnu.tar.zst"))),
+                        o("gnu.tar.zst"),
+                        true,
+                    ),
+                    // Both digests, as layerdiff computes them; fifos instead of >(...) so that bash
+                    // waits for both sha256sum processes.
+                    Cmd::new(
+                        "tar | tee sha256 | zstd -T0 -3 | tee sha256",
+                        format!(
+                            "d=$(mktemp -d {t}/fifo.XXXXXX) && mkfifo \"$d/a\" \"$d/b\" && \
+                             {{ sha256sum < \"$d/a\" > /dev/null & a=$!; sha256sum < \"$d/b\" > /dev/null & b=$!; \
+                             {tar} | tee \"$d/a\" | zstd -q -T0 -3 | tee \"$d/b\" > {out}; s=$?; \
+                             wait $a && wait $b && rm -r \"$d\" && exit $s; }}",
+                            t = q(&tmp),
+                            out = q(&o("gnu2.tar.zst"))
+                        ),
+                        o("gnu2.tar.zst"),
+                        true,
+                    ),
+                    Cmd::new("layerdiff -o .tar.zst", ldc(&o("tar.zst")), o("tar.zst"), true),
+                ],
+            },
+        ];
+        if gzip {
+            let mut cmds = vec![Cmd::new(
+                "tar | gzip",
+                format!("{tar} | gzip > {}", q(&o("gnu.tar.gz"))),
+                o("gnu.tar.gz"),
+                true,
+            )];
+            if pigz {
+                cmds.push(Cmd::new(
+                    "tar | pigz",
+                    format!("{tar} | pigz > {}", q(&o("pigz.tar.gz"))),
+                    o("pigz.tar.gz"),
+                    true,
+                ));
+            }
+            cmds.push(Cmd::new(
+                "layerdiff -o .tar.gz",
+                ldc(&o("tar.gz")),
+                o("tar.gz"),
+                true,
+            ));
+            groups.push(Group { cmds });
+        }
+
+        for g in &mut groups {
+            g.run(runs, &rss_file);
+        }
+        let tar_bytes = size(&o("tar"));
+        let mut table = String::new();
+        let _ = writeln!(
+            table,
+            "\n### {name} ({}, {} of tar, {runs} timed runs)\n",
+            dir.display(),
+            tar_bytes.map_or("?".into(), |b| format!("{:.1} MB", b as f64 / 1e6))
+        );
+        let _ = writeln!(
+            table,
+            "| command | median s | min s | MB/s | out MB | peak RSS MiB | speed | size |"
+        );
+        let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (i, g) in groups.iter().enumerate() {
+            if i > 0 {
+                let _ = writeln!(table, "| | | | | | | | |");
+            }
+            g.rows(tar_bytes, &mut table);
+            failed |= g.cmds.iter().any(|c| c.error.is_some());
+        }
+        let mut checks = vec![format!(
+            ".tar.zst {}",
+            check_same_tar(&o("tar"), &o("tar.zst"), "zstd")
+        )];
+        if gzip {
+            checks.push(format!(
+                ".tar.gz {}",
+                check_same_tar(&o("tar"), &o("tar.gz"), "gzip")
+            ));
+        }
+        let _ = writeln!(
+            table,
+            "\nlayerdiff outputs decompress to its .tar: {}. Wall time for this input: {:.0} s.",
+            checks.join(", "),
+            t_input.elapsed().as_secs_f64()
+        );
+        if checks.iter().any(|c| c.contains("DIFFERENT")) {
+            failed = true;
+        }
+        print!("{table}");
+        for g in &groups {
+            for c in &g.cmds {
+                remove(&c.out);
+            }
+        }
+    }
+    remove(&rss_file);
+    remove(&ld);
+    println!(
+        "\nTotal bench time: {:.0} s; load after: {}",
+        t_all.elapsed().as_secs_f64(),
+        first_line("cut -d' ' -f1-3 /proc/loadavg")
+    );
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -2,11 +2,11 @@
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // test code: std::fs is fine here
 
-// The layerdiff CLI contract: errors, digests, determinism, options.
-mod cli;
-// Support: root probe, overlay mounts, the independent applier and tree dump.
-mod kernel;
-// layerdiff against the kernel's merged view on real overlay mounts.
-mod overlay;
+// Helpers: root/overlay probe, mounts, tree dump, the independent OCI applier, tar listings.
+mod support;
+// layerdiff against the kernel's merged view on real overlay mounts, four mount flavours.
+mod diff_overlay;
+// The layerdiff / layerkit diff CLI contract: bad input, determinism, --json, compression, clamping.
+mod diff_cli;
 // Differential tests of the tar reader against Python tarfile.
 mod tar_read;

@@ -1,0 +1,385 @@
+//! Test support: the root/overlay probe, real overlay mounts with an unmount guard, command
+//! runners, the canonical tree dump (`dump.py`), the independent OCI applier (`apply_oci.py`) and
+//! a tar listing read by Python's `tarfile` and GNU tar (never by layerkit).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// True when this process is root and can mount overlayfs with trusted xattrs on the scratch
+/// filesystem. Otherwise prints why the test is skipped and returns false, or panics when
+/// `LAYERKIT_REQUIRE_ROOT=1` (CI), so a skip can never pass silently.
+pub fn need_root(what: &str) -> bool {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    let Err(why) = PROBE.get_or_init(probe_overlay) else {
+        return true;
+    };
+    let msg = format!("skipping {what}: {why}");
+    if std::env::var("LAYERKIT_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("{msg} (LAYERKIT_REQUIRE_ROOT=1)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+fn probe_overlay() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("needs root (overlay mounts, trusted.* xattrs, mknod)".into());
+    }
+    let t = scratch();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir(t.path().join(d)).map_err(|e| e.to_string())?;
+    }
+    let x = Command::new("setfattr")
+        .args(["-n", "trusted.layerkit-probe", "-v", "1"])
+        .arg(t.path().join("u"))
+        .output()
+        .map_err(|e| format!("setfattr: {e}"))?;
+    if !x.status.success() {
+        return Err(format!(
+            "trusted.* xattrs unsupported under {}: {}",
+            t.path().display(),
+            String::from_utf8_lossy(&x.stderr).trim()
+        ));
+    }
+    let _ = Command::new("setfattr")
+        .args(["-x", "trusted.layerkit-probe"])
+        .arg(t.path().join("u"))
+        .status();
+    Mount::try_overlay(
+        &[&t.path().join("l")],
+        &t.path().join("u"),
+        &t.path().join("w"),
+        &t.path().join("m"),
+        "",
+    )
+    .map(drop)
+    .map_err(|e| format!("cannot mount overlayfs: {e}"))
+}
+
+/// A scratch dir on the target dir's filesystem (never tmpfs here; supports trusted xattrs and
+/// d_type, as an overlay upper needs). Unique per call, so parallel tests never share paths.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("layerkit-it-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir")
+}
+
+/// Run a command; panic with its stdout and stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run a bash script (`set -euo pipefail`) in `dir`.
+pub fn sh(dir: &Path, script: &str) -> Output {
+    run(Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir))
+}
+
+/// An overlay mount, unmounted when dropped (lazily if a plain `umount` fails).
+pub struct Mount {
+    /// The merged view.
+    pub merged: PathBuf,
+}
+
+impl Mount {
+    /// `mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=..[,opts] merged`, lowers
+    /// topmost first. Panics if the mount fails.
+    pub fn overlay(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+        opts: &str,
+    ) -> Mount {
+        Mount::try_overlay(lowers, upper, work, merged, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_overlay(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+        opts: &str,
+    ) -> Result<Mount, String> {
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let mut o = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if !opts.is_empty() {
+            o.push(',');
+            o.push_str(opts);
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(merged)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -o {o}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Mount {
+            merged: merged.to_path_buf(),
+        })
+    }
+
+    /// A guard that only unmounts `path` (for mounts made elsewhere, e.g. a tiny tmpfs).
+    pub fn guard(path: &Path) -> Mount {
+        Mount {
+            merged: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.merged)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        }
+    }
+}
+
+/// A file in tests/it/support.
+pub fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/support")
+        .join(name)
+}
+
+/// The canonical dump of a tree (`dump.py`; flags `--drop-overlay-xattrs`, `--no-dir-mtimes`).
+pub fn dump(root: &Path, flags: &[&str]) -> String {
+    let out = run(Command::new("python3")
+        .arg(support("dump.py"))
+        .args(flags)
+        .arg(root));
+    String::from_utf8(out.stdout).expect("dump.py writes ASCII")
+}
+
+/// Apply an OCI layer onto `root` with the independent applier (`apply_oci.py`).
+pub fn apply_oci(root: &Path, layer: &Path) {
+    run(Command::new("python3")
+        .arg(support("apply_oci.py"))
+        .arg(root)
+        .arg(layer));
+}
+
+/// `cp -a` keeps owners, modes, times, xattrs, hardlinks and devices.
+pub fn copy_tree(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// `diff -u` of two texts, for assertion messages.
+pub fn unified_diff(want: &str, got: &str) -> String {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (w, g) = (t.path().join("want"), t.path().join("got"));
+    std::fs::write(&w, want).unwrap();
+    std::fs::write(&g, got).unwrap();
+    let out = Command::new("diff")
+        .args(["-u", "--label", "want", "--label", "got"])
+        .arg(&w)
+        .arg(&g)
+        .output()
+        .expect("diff");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Panic with a unified diff unless the two dumps are equal.
+pub fn assert_same(want: &str, got: &str, what: &str) {
+    assert!(
+        want == got,
+        "{what}: trees differ\n{}",
+        unified_diff(want, got)
+    );
+}
+
+/// The `layerdiff` binary.
+pub fn layerdiff() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_layerdiff"))
+}
+
+/// `layerkit diff`.
+pub fn layerkit_diff() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_layerkit"));
+    c.arg("diff");
+    c
+}
+
+/// One tar member as Python's `tarfile` and GNU tar see it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// tarfile's name (trailing `/` stripped for dirs).
+    pub name: String,
+    /// The name as stored, from `tar -tf` (dirs keep their trailing `/`).
+    pub raw: String,
+    /// Typeflag: '0' file, '1' hardlink, '2' symlink, '3'/'4' devices, '5' dir, '6' fifo.
+    pub typ: char,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// As tarfile reports it: an integer, or a fraction if a PAX mtime had one.
+    pub mtime: String,
+    pub link: String,
+    pub dev: (u32, u32),
+    /// PAX records, values in hex (bytes exactly as stored).
+    pub pax: BTreeMap<String, String>,
+}
+
+impl Member {
+    /// The last path component.
+    pub fn base(&self) -> &str {
+        self.name.rsplit('/').next().unwrap()
+    }
+
+    /// The hex value of `SCHILY.xattr.<name>`, if present.
+    pub fn xattr(&self, name: &str) -> Option<&str> {
+        self.pax
+            .get(&format!("SCHILY.xattr.{name}"))
+            .map(String::as_str)
+    }
+}
+
+const TAR_LIST: &str = r#"
+import io, json, subprocess, sys, tarfile
+p = sys.argv[1]
+enc = dict(encoding="utf-8", errors="surrogateescape")
+magic = open(p, "rb").read(4)
+if magic == b"\x28\xb5\x2f\xfd":
+    tf = tarfile.open(fileobj=io.BytesIO(subprocess.run(["zstd", "-dc", p], check=True, capture_output=True).stdout), mode="r:", **enc)
+else:
+    tf = tarfile.open(p, "r:*", **enc)
+s = lambda v: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+for m in tf:
+    print(json.dumps({"name": s(m.name), "type": m.type.decode(), "size": m.size, "mode": m.mode,
+        "uid": m.uid, "gid": m.gid, "mtime": str(m.mtime), "link": s(m.linkname),
+        "dev": [m.devmajor, m.devminor],
+        "pax": {s(k): v.encode("utf-8", "surrogateescape").hex() for k, v in m.pax_headers.items()}}))
+"#;
+
+/// The members of a (plain, gzip or zstd) tar, read by Python's `tarfile`, with the stored names
+/// from GNU `tar -tf` (which must list the archive without error, with the same member count).
+pub fn tar_members(tar: &Path) -> Vec<Member> {
+    let out = run(Command::new("python3").arg("-c").arg(TAR_LIST).arg(tar));
+    let gnu = run(Command::new("tar")
+        .args(["--xattrs", "--quoting-style=literal", "-tf"])
+        .arg(tar)
+        .env("LC_ALL", "C.UTF-8"));
+    let raw: Vec<String> = String::from_utf8_lossy(&gnu.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let members: Vec<Member> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .zip(raw.iter().cloned().chain(std::iter::repeat(String::new())))
+        .map(|(l, raw)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            let n = |k: &str| v[k].as_u64().unwrap();
+            Member {
+                name: s("name"),
+                raw,
+                typ: s("type").chars().next().unwrap_or('0'),
+                size: n("size"),
+                mode: n("mode") as u32,
+                uid: n("uid"),
+                gid: n("gid"),
+                mtime: s("mtime"),
+                link: s("link"),
+                dev: (
+                    v["dev"][0].as_u64().unwrap() as u32,
+                    v["dev"][1].as_u64().unwrap() as u32,
+                ),
+                pax: v["pax"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, x)| (k.clone(), x.as_str().unwrap().to_string()))
+                    .collect(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        members.len(),
+        raw.len(),
+        "{}: GNU tar and Python tarfile disagree on the member count",
+        tar.display()
+    );
+    members
+}
+
+/// Names of a directory's entries, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Run `cmd`, which must fail cleanly: non-zero exit, exactly one line on stderr naming one of
+/// `names`, no `outfile`, and nothing new (no staging file) in `outfile`'s directory.
+pub fn assert_fails_cleanly(cmd: &mut Command, names: &[&str], outfile: &Path) -> Output {
+    let dir = outfile.parent().unwrap_or(Path::new("/"));
+    let before = listing(dir);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{cmd:?} must fail; stderr: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{cmd:?}: exactly one line on stderr, got {err:?}"
+    );
+    assert!(
+        names.iter().any(|n| err.contains(n)),
+        "{cmd:?}: {err:?} should name one of {names:?}"
+    );
+    assert!(
+        std::fs::symlink_metadata(outfile).is_err(),
+        "{cmd:?}: output {} left behind",
+        outfile.display()
+    );
+    assert_eq!(
+        listing(dir),
+        before,
+        "{cmd:?}: files left in {}",
+        dir.display()
+    );
+    out
+}
+
+/// `sha256:<hex>` of a file, by `sha256sum`.
+pub fn sha256_file(p: &Path) -> String {
+    let o = run(Command::new("sha256sum").arg(p));
+    let hex = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    format!("sha256:{hex}")
+}
