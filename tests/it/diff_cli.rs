@@ -198,15 +198,13 @@ fn output_is_deterministic_across_jobs_and_runs() {
         for (i, s) in seen.iter().enumerate().skip(1) {
             if *s != seen[0] {
                 let at = s.iter().zip(&seen[0]).position(|(a, b)| a != b);
-                let kept = t.path().join("kept");
-                std::fs::create_dir_all(&kept).unwrap();
                 panic!(
                     "-c {c}: run {i} differs from run 0 (-j {} vs -j 1): lengths {} vs {}, first \
                      difference at byte {at:?}; outputs in {}",
                     ["1", "2", "1", "2"][i],
                     s.len(),
                     seen[0].len(),
-                    { let k = t.path().to_path_buf(); std::mem::forget(t); k.display().to_string() }
+                    t.keep().display()
                 );
             }
         }
