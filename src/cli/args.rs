@@ -20,6 +20,8 @@ pub struct LayerkitCli {
 pub enum Command {
     /// Turn an overlayfs upper dir into an OCI layer tar (same as `layerdiff`).
     Diff(DiffArgs),
+    /// Unpack OCI layer tars into overlay-native layer dirs (same as `layerapply`).
+    Apply(ApplyArgs),
 }
 
 /// `layerdiff`: an overlayfs upper dir becomes an OCI layer tar.
@@ -62,6 +64,43 @@ pub struct DiffArgs {
     /// Clamp every mtime to N seconds since the epoch.
     #[arg(long, value_name = "N", env = "SOURCE_DATE_EPOCH")]
     pub source_date_epoch: Option<i64>,
+    /// Worker threads (default: all cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// `layerapply`: OCI layer tars become overlay-native layer dirs.
+#[derive(Debug, Parser)]
+#[command(
+    name = "layerapply",
+    version,
+    about = "Unpack OCI layer tars into overlay-native layer dirs or an overlay2-style store"
+)]
+pub struct ApplyCli {
+    /// The options.
+    #[command(flatten)]
+    pub args: ApplyArgs,
+}
+
+/// Options of `layerapply` / `layerkit apply`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["into", "store"])))]
+pub struct ApplyArgs {
+    /// Layer tars, bottom first: files (none, gzip or zstd, detected from the bytes) or "-" for stdin.
+    #[arg(required = true, value_name = "LAYER")]
+    pub layers: Vec<PathBuf>,
+    /// Unpack exactly one LAYER into DIR (created if missing, must be empty).
+    #[arg(long, value_name = "DIR")]
+    pub into: Option<PathBuf>,
+    /// Unpack the LAYERs into an overlay2-style store under DIR; prints the `lowerdir=` value.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Write user.overlay.* markers (for rootless `userxattr` mounts).
+    #[arg(long)]
+    pub userxattr: bool,
+    /// Print the result as JSON: per layer diffID, chainID and path, plus the lowerdir value.
+    #[arg(long)]
+    pub json: bool,
     /// Worker threads (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,

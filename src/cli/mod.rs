@@ -16,7 +16,7 @@ use crate::overlay::walk::WalkOptions;
 use crate::overlay::Namespace;
 use crate::tar::write::WriteOptions;
 
-pub use args::{Command, DiffArgs, DiffCli, LayerkitCli};
+pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli};
 
 /// Which binary is running: the three share this entry point.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +25,8 @@ pub enum Personality {
     Layerkit,
     /// `layerdiff`.
     Diff,
+    /// `layerapply`.
+    Apply,
 }
 
 /// Run the CLI as `who`; returns the process exit code (0 ok, 1 failed, 2 usage).
@@ -32,8 +34,10 @@ pub fn main(who: Personality) -> ExitCode {
     let (prog, result) = match who {
         Personality::Layerkit => match LayerkitCli::parse().command {
             Command::Diff(a) => ("layerkit diff", run_diff(a)),
+            Command::Apply(a) => ("layerkit apply", run_apply(a)),
         },
         Personality::Diff => ("layerdiff", run_diff(DiffCli::parse().args)),
+        Personality::Apply => ("layerapply", run_apply(ApplyCli::parse().args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,4 +106,8 @@ fn run_diff(a: DiffArgs) -> Result<()> {
         writeln!(out, "{json}").map_err(|e| Error::io("<stdout>", e))?;
     }
     Ok(())
+}
+
+fn run_apply(_a: ApplyArgs) -> Result<()> {
+    Err(Error::Usage("not yet implemented".into()))
 }

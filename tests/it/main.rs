@@ -10,3 +10,7 @@ mod diff_overlay;
 mod diff_cli;
 // Differential tests of the tar reader against Python tarfile.
 mod tar_read;
+// layerapply --store/--into against the kernel: store layout, raw layer dirs, mounted merged view.
+mod apply_store;
+// layerapply on hostile and corrupt layers: clean one-line errors, nothing touched outside.
+mod apply_hostile;

@@ -225,6 +225,18 @@ pub fn layerkit_diff() -> Command {
     c
 }
 
+/// The `layerapply` binary.
+pub fn layerapply() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_layerapply"))
+}
+
+/// `layerkit apply`.
+pub fn layerkit_apply() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_layerkit"));
+    c.arg("apply");
+    c
+}
+
 /// One tar member as Python's `tarfile` and GNU tar see it.
 #[derive(Debug, Clone)]
 pub struct Member {

@@ -1,0 +1,1 @@
+//! layerapply on hostile input (being written).

@@ -1,0 +1,1 @@
+//! layerapply against the kernel (being written).
