@@ -18,8 +18,27 @@ pub enum Rule {
     ChangedWhileReading,
     /// The tar stream is malformed (bad checksum, truncated, bad PAX record, ...).
     MalformedTar,
-    /// A path in the tar is empty, absolute after cleaning, or climbs out with `..`.
+    /// A path in the tar holds a `..` component or a NUL byte (or is unusable after cleaning).
     BadPath,
+    /// A whiteout name with nothing to delete (`.wh.`, `.wh..`, `.wh...`), an AUFS `.wh..wh.*`
+    /// name, or `.wh.` on a directory component (image-spec layer.md "Whiteouts").
+    WhiteoutName,
+    /// A char device 0/0 under a normal name would be a whiteout in an overlay layer.
+    DeviceIsWhiteout,
+    /// Device numbers the kernel cannot represent (they would alias another device).
+    DeviceRange,
+    /// A hardlink to a directory, to a missing target, or to one outside the layer.
+    Hardlink,
+    /// An entry for the layer root that is not a directory.
+    RootType,
+    /// An opaque marker at the layer root cannot be represented without the lower layers.
+    RootOpaque,
+    /// A parent of the entry is a non-directory in this layer.
+    NotDir,
+    /// Too many symlinks while resolving a parent path (a loop).
+    SymlinkLoop,
+    /// A tar entry type that has no meaning in a layer (sparse, volume, ...).
+    UnsupportedType,
 }
 
 impl std::fmt::Display for Rule {
@@ -33,6 +52,19 @@ impl std::fmt::Display for Rule {
             Rule::ChangedWhileReading => "file changed size while being read",
             Rule::MalformedTar => "malformed tar",
             Rule::BadPath => "invalid path",
+            Rule::WhiteoutName => "invalid whiteout name",
+            Rule::DeviceIsWhiteout => {
+                "a char device 0/0 not named .wh.* is indistinguishable from a whiteout"
+            }
+            Rule::DeviceRange => "device number out of range",
+            Rule::Hardlink => "invalid hardlink",
+            Rule::RootType => "refusing to change the type of the layer root",
+            Rule::RootOpaque => {
+                "an opaque marker at the layer root needs the lower layers (use --store)"
+            }
+            Rule::NotDir => "a parent path is not a directory in this layer",
+            Rule::SymlinkLoop => "too many levels of symlinks in a parent path",
+            Rule::UnsupportedType => "unsupported entry type",
         })
     }
 }
@@ -66,6 +98,14 @@ pub enum Error {
     /// Usage errors found by the library (bad option combinations).
     #[error("{0}")]
     Usage(String),
+    /// An error while unpacking one layer of several; names the layer as the user gave it.
+    #[error("{layer}: {source}")]
+    Layer {
+        /// The layer argument.
+        layer: String,
+        /// What went wrong in it.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -90,7 +130,25 @@ impl Error {
     pub fn rule(&self) -> Option<Rule> {
         match self {
             Error::Rejected { rule, .. } => Some(*rule),
+            Error::Layer { source, .. } => source.rule(),
             _ => None,
+        }
+    }
+
+    /// This error, said of `layer`.
+    pub fn in_layer(self, layer: &str) -> Self {
+        match self {
+            e @ (Error::Usage(_) | Error::Layer { .. } | Error::Stopped) => e,
+            // The tar reader already names the layer in its own errors.
+            Error::Rejected { ref path, .. } | Error::Io { ref path, .. }
+                if path.as_os_str() == layer =>
+            {
+                self
+            }
+            e => Error::Layer {
+                layer: layer.to_string(),
+                source: Box::new(e),
+            },
         }
     }
 

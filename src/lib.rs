@@ -21,6 +21,7 @@
 //! # Ok::<(), layerkit::error::Error>(())
 //! ```
 
+pub mod apply;
 pub mod cli;
 pub mod compress;
 pub mod diff;
@@ -28,5 +29,6 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod overlay;
+pub mod store;
 mod sys;
 pub mod tar;

@@ -9,11 +9,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::apply::{apply_into, ApplyOptions, Input, Source};
 use crate::compress::Compression;
 use crate::diff::{diff, diff_to_file, name_output, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
 use crate::overlay::walk::WalkOptions;
 use crate::overlay::Namespace;
+use crate::store::apply_store;
 use crate::tar::write::WriteOptions;
 
 pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli};
@@ -108,6 +110,51 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_apply(_a: ApplyArgs) -> Result<()> {
-    Err(Error::Usage("not yet implemented".into()))
+fn run_apply(a: ApplyArgs) -> Result<()> {
+    let opts = ApplyOptions {
+        ns: if a.userxattr {
+            Namespace::User
+        } else {
+            Namespace::Trusted
+        },
+        jobs: a.jobs.unwrap_or(0),
+    };
+    let inputs: Vec<Input> = a.layers.iter().map(|p| Input::from_arg(p)).collect();
+    if inputs
+        .iter()
+        .filter(|i| matches!(i.source, Source::Stdin))
+        .count()
+        > 1
+    {
+        return Err(Error::Usage("stdin (-) can be given only once".into()));
+    }
+    let report = match (&a.into, &a.store) {
+        (Some(dir), None) => {
+            if inputs.len() != 1 {
+                return Err(Error::Usage(format!(
+                    "--into takes exactly one LAYER, got {}",
+                    inputs.len()
+                )));
+            }
+            apply_into(dir, &inputs[0], &opts)?
+        }
+        (None, Some(dir)) => apply_store(dir, &inputs, &opts)?,
+        _ => {
+            return Err(Error::Usage(
+                "give exactly one of --into DIR or --store DIR".into(),
+            ))
+        }
+    };
+    for w in &report.warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+    let mut out = io::stdout().lock();
+    let text = if a.json {
+        serde_json::to_string(&report).expect("serialisable")
+    } else if a.store.is_some() {
+        report.lowerdir.clone()
+    } else {
+        return Ok(());
+    };
+    writeln!(out, "{text}").map_err(|e| Error::io("<stdout>", e))
 }

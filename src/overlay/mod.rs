@@ -2,7 +2,10 @@
 //! kernel, and how an image's own `<ns>.overlay.*` xattrs are escaped (overlayfs.rst, "Nesting overlayfs
 //! mounts"; kernel `fs/overlayfs/util.c` `ovl_xattr_table`).
 
+mod fixup;
+pub mod lower;
 pub mod walk;
+pub mod write;
 
 use crate::entry::Xattrs;
 

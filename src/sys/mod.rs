@@ -12,6 +12,9 @@ use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
+mod at;
+pub use at::*;
+
 pub use rustix::fs::{FileType, Stat};
 
 fn cstr(name: &[u8]) -> io::Result<CString> {

@@ -4,6 +4,7 @@
 //! (image-spec layer.md "Whiteouts"); the codec maps them to [`crate::entry::Kind::Whiteout`] and
 //! [`crate::entry::Kind::Opaque`] so nothing else in the crate knows these names.
 
+pub mod entry;
 pub mod read;
 pub mod write;
 

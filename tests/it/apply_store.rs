@@ -1,1 +1,1436 @@
-//! layerapply against the kernel (being written).
+//! Kernel truth for `layerapply`: layer tars written by an independent writer (`gen_layers.py`,
+//! Python tarfile) are applied with `layerapply --store`; then the store layout is checked
+//! exactly (ids are chainIDs computed here from `sha256sum`), the raw layer dirs are checked where
+//! the overlay-native form matters (whiteout devices, opaque xattrs, escaped xattrs, no `.wh.`
+//! names, no ghosts), and the printed `lowerdir=` value is mounted read-only by the real kernel:
+//! its merged view must equal the tree a flat, independent applier (`apply_flat.py`) builds from
+//! the same tars, for every prefix of the stack, nanosecond mtimes included.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::support::*;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Run `cmd` with `input` on stdin; panic unless it succeeds.
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The hex sha256 of some bytes, by `sha256sum`.
+fn sha256_hex(data: &[u8]) -> String {
+    let o = run_with_stdin(&mut Command::new("sha256sum"), data);
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// OCI chainIDs (`sha256:` prefixed) of a stack, bottom first, from its diffIDs.
+fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let c = match out.last() {
+            None => d.clone(),
+            Some(parent) => format!("sha256:{}", sha256_hex(format!("{parent} {d}").as_bytes())),
+        };
+        out.push(c);
+    }
+    out
+}
+
+fn hex_of(id: &str) -> String {
+    id.strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("{id}: no sha256: prefix"))
+        .to_string()
+}
+
+/// Per-entry `rel mtime_ns` (mode "mtime") or `rel ino mtime_ns ctime_ns` (mode "inode"), sorted.
+const STAT_LIST: &str = r#"
+import os, sys
+mode, root = sys.argv[1], sys.argv[2]
+rows = []
+for dp, dn, fn in os.walk(root):
+    for n in dn + fn:
+        p = os.path.join(dp, n)
+        st = os.lstat(p)
+        rel = os.fsencode(os.path.relpath(p, root)).decode("utf-8", "backslashreplace")
+        if mode == "mtime":
+            rows.append("%s %d" % (rel, st.st_mtime_ns))
+        else:
+            rows.append("%s %d %d %d" % (rel, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+print("\n".join(sorted(rows)))
+"#;
+
+fn stat_list(root: &Path, mode: &str) -> String {
+    let o = run(Command::new("python3")
+        .arg("-c")
+        .arg(STAT_LIST)
+        .arg(mode)
+        .arg(root));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A scenario: a scratch dir and the plain layer tars `gen_layers.py` wrote from a spec.
+struct Case {
+    tmp: tempfile::TempDir,
+    tars: Vec<PathBuf>,
+}
+
+impl Case {
+    fn new(spec: &str) -> Case {
+        let tmp = scratch();
+        let tars_dir = tmp.path().join("tars");
+        std::fs::create_dir(&tars_dir).unwrap();
+        run_with_stdin(
+            Command::new("python3")
+                .arg(support("gen_layers.py"))
+                .arg(&tars_dir),
+            spec.as_bytes(),
+        );
+        let tars = spec
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("==="))
+            .map(|rest| tars_dir.join(format!("{}.tar", rest.split_whitespace().next().unwrap())))
+            .collect();
+        Case { tmp, tars }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// ChainIDs (hex) of the plain tars, bottom first.
+    fn ids(&self, tars: &[PathBuf]) -> Vec<String> {
+        let diff_ids: Vec<String> = tars.iter().map(|t| sha256_file(t)).collect();
+        chain_ids(&diff_ids).iter().map(|c| hex_of(c)).collect()
+    }
+
+    /// The flat applier's tree for `tars` applied in order to the empty dir `name`.
+    fn flat(&self, name: &str, tars: &[PathBuf]) -> PathBuf {
+        let root = self.p(name);
+        run(Command::new("python3")
+            .arg(support("apply_flat.py"))
+            .arg(&root)
+            .args(tars));
+        root
+    }
+
+    /// `layerapply --store STORE ARGS LAYERS` (must succeed, stderr only warnings); then the
+    /// store layout for the stack of `plain` (the uncompressed tars of `layers`). Returns the
+    /// stdout line and the diff dirs, bottom first.
+    fn apply_store(
+        &self,
+        store: &Path,
+        args: &[&str],
+        layers: &[PathBuf],
+        plain: &[PathBuf],
+    ) -> (String, Vec<PathBuf>) {
+        let out = applied(
+            layerapply()
+                .args(args)
+                .arg("--store")
+                .arg(store)
+                .args(layers),
+        );
+        let ids = self.ids(plain);
+        let (lowerdir, diffs) = check_store(store, &ids);
+        assert_eq!(stdout_line(&out), lowerdir, "stdout is the lowerdir value");
+        (lowerdir, diffs)
+    }
+
+    /// Mount every prefix of the stack (top `k` lowerdir entries) and compare it with the flat
+    /// applier's tree of the first `k` tars.
+    fn check_merged_prefixes(&self, lowerdir: &str, opts: &str, plain: &[PathBuf], tag: &str) {
+        let lowers: Vec<&str> = lowerdir.split(':').collect();
+        assert_eq!(lowers.len(), plain.len());
+        for k in 1..=plain.len() {
+            let ld = lowers[plain.len() - k..].join(":");
+            let flat = self.flat(&format!("flat-{tag}-{k}"), &plain[..k]);
+            self.check_merged(&ld, opts, &flat, &format!("{tag}: bottom {k} layer(s)"));
+        }
+    }
+
+    /// Mount `lowerdir` and compare its dump and nanosecond mtimes with the tree `want`.
+    fn check_merged(&self, lowerdir: &str, opts: &str, want: &Path, what: &str) {
+        let (got, got_times) = merged_view(self.tmp.path(), lowerdir, opts);
+        assert_same(
+            &dump(want, &[]),
+            &got,
+            &format!("{what}: flat apply vs kernel's merged view"),
+        );
+        assert_same(
+            &stat_list(want, "mtime"),
+            &got_times,
+            &format!("{what}: mtimes in ns, flat apply vs kernel's merged view"),
+        );
+    }
+}
+
+/// Run a layerapply command that must succeed, with nothing but `warning: ` lines on stderr.
+fn applied(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for l in err.lines() {
+        assert!(
+            l.starts_with("warning: "),
+            "{cmd:?}: success, yet a stderr line is not a warning: {l:?}"
+        );
+    }
+    out
+}
+
+/// The one line on stdout, without its newline.
+fn stdout_line(out: &Output) -> String {
+    let s = String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8");
+    assert!(
+        s.ends_with('\n') && s.matches('\n').count() == 1,
+        "stdout must be exactly one line: {s:?}"
+    );
+    s.trim_end_matches('\n').to_string()
+}
+
+/// Mount `lowerdir` read-only (no upper; with an empty upper+work if the kernel refuses a single
+/// lower without one) and return the dump and the ns mtimes of the merged view.
+fn merged_view(tmp: &Path, lowerdir: &str, opts: &str) -> (String, String) {
+    let t = tempfile::Builder::new()
+        .prefix("mnt-")
+        .tempdir_in(tmp)
+        .unwrap();
+    let merged = t.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    let mut o = format!("lowerdir={lowerdir}");
+    if !opts.is_empty() {
+        o = format!("{opts},{o}");
+    }
+    let direct = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &o])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    let _m = if direct.status.success() {
+        Mount::guard(&merged)
+    } else {
+        assert!(
+            !lowerdir.contains(':'),
+            "mount -o {o} failed: {}",
+            String::from_utf8_lossy(&direct.stderr)
+        );
+        let (u, w) = (t.path().join("upper"), t.path().join("work"));
+        std::fs::create_dir(&u).unwrap();
+        std::fs::create_dir(&w).unwrap();
+        Mount::overlay(&[Path::new(lowerdir)], &u, &w, &merged, opts)
+    };
+    (dump(&merged, &[]), stat_list(&merged, "mtime"))
+}
+
+/// Check the whole store against the stack `ids` (chainIDs in hex, bottom first): nothing but
+/// the ids, `l` and `.layerkit`; per id exactly diff, link (+ lower, work above the bottom); link
+/// names; `l/` symlinks; lower files; empty work dirs; empty staging. Returns the expected
+/// lowerdir value and the diff dirs, bottom first.
+fn check_store(store: &Path, ids: &[String]) -> (String, Vec<PathBuf>) {
+    let s = store.canonicalize().expect("store exists");
+    let mut want: BTreeSet<String> = ids.iter().cloned().collect();
+    want.insert("l".into());
+    let mut got: BTreeSet<String> = listing(&s).into_iter().collect();
+    got.remove(".layerkit");
+    assert_eq!(got, want, "{}: top-level entries", s.display());
+    assert_eq!(want.len(), ids.len() + 1, "each id once");
+
+    let mut links: Vec<String> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let d = s.join(id);
+        let mut entries = vec!["diff", "link"];
+        if i > 0 {
+            entries.extend(["lower", "work"]);
+        }
+        entries.sort();
+        assert_eq!(listing(&d), entries, "{}: entries", d.display());
+        let diff_meta = std::fs::symlink_metadata(d.join("diff")).unwrap();
+        assert!(diff_meta.is_dir(), "{id}/diff is a real dir");
+        let link = String::from_utf8(std::fs::read(d.join("link")).unwrap()).unwrap();
+        assert!(
+            link.len() == 26
+                && link
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)),
+            "{id}/link: 26 chars of A-Z2-7, no newline: {link:?}"
+        );
+        assert_eq!(
+            std::fs::read_link(s.join("l").join(&link)).unwrap(),
+            PathBuf::from(format!("../{id}/diff")),
+            "l/{link}"
+        );
+        if i > 0 {
+            let lower = String::from_utf8(std::fs::read(d.join("lower")).unwrap()).unwrap();
+            let want_lower: Vec<String> = links.iter().rev().map(|l| format!("l/{l}")).collect();
+            assert_eq!(lower, want_lower.join(":"), "{id}/lower");
+            let work = std::fs::symlink_metadata(d.join("work")).unwrap();
+            assert!(work.is_dir(), "{id}/work is a dir");
+            assert!(listing(&d.join("work")).is_empty(), "{id}/work is empty");
+        }
+        links.push(link);
+    }
+    let mut sorted_links = links.clone();
+    sorted_links.sort();
+    sorted_links.dedup();
+    assert_eq!(sorted_links.len(), links.len(), "link names are unique");
+    assert_eq!(
+        listing(&s.join("l")),
+        sorted_links,
+        "l/: one symlink per layer"
+    );
+    assert_staging_empty(&s);
+
+    let diffs: Vec<PathBuf> = ids.iter().map(|id| s.join(id).join("diff")).collect();
+    let lowerdir: Vec<String> = diffs
+        .iter()
+        .rev()
+        .map(|d| d.display().to_string())
+        .collect();
+    (lowerdir.join(":"), diffs)
+}
+
+fn assert_staging_empty(store: &Path) {
+    let staging = store.join(".layerkit/staging");
+    assert!(
+        listing(&staging).is_empty(),
+        "{} must be empty or absent",
+        staging.display()
+    );
+}
+
+/// What a raw layer dir holds, from `dump.py` (no flags): char-0/0 whiteouts, opaque dirs, and
+/// each path's dump fields.
+struct Raw {
+    whiteouts: BTreeSet<String>,
+    opaque: BTreeSet<String>,
+    rows: BTreeMap<String, Vec<String>>,
+}
+
+impl Raw {
+    /// The value (hex) of xattr `name` on `path`.
+    fn xattr(&self, path: &str, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.rows
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from the layer dir"))
+            .iter()
+            .find_map(|f| f.strip_prefix(&prefix).map(String::from))
+    }
+}
+
+/// Read a raw layer dir and check what holds for every native layer whose tar set no
+/// `<ns>.overlay.*` xattr of its own: no `.wh.` name anywhere; `<ns>.overlay.*` xattrs are
+/// `opaque=y` on dirs or escaped `<ns>.overlay.overlay.*`; no opaque marker in the other
+/// namespace; no char-0/0 below an opaque dir of the same layer (a kernel ghost).
+fn raw_layer(diff: &Path, ns: &str) -> Raw {
+    let text = dump(diff, &[]);
+    let other = if ns == "trusted" { "user" } else { "trusted" };
+    let (mut whiteouts, mut opaque, mut rows) = (BTreeSet::new(), BTreeSet::new(), BTreeMap::new());
+    for line in text.lines() {
+        let f: Vec<String> = line.split(' ').map(String::from).collect();
+        let path = f[0].clone();
+        assert!(
+            !path.split('/').any(|c| c.starts_with(".wh.")),
+            "{}: a .wh. name was left in the layer dir: {line}",
+            diff.display()
+        );
+        if f[1] == "c" && f[5] == "0:0" {
+            whiteouts.insert(path.clone());
+        }
+        for x in &f[2..] {
+            let Some((name, value)) = x.split_once('=') else {
+                continue;
+            };
+            if let Some(rest) = name.strip_prefix(&format!("{ns}.overlay.")) {
+                if rest == "opaque" {
+                    assert!(
+                        f[1] == "d" && value == "79",
+                        "{}: {ns}.overlay.opaque must be `y` on a dir: {line}",
+                        diff.display()
+                    );
+                    opaque.insert(path.clone());
+                } else {
+                    assert!(
+                        rest.starts_with("overlay."),
+                        "{}: overlay-private xattr {name} written raw: {line}",
+                        diff.display()
+                    );
+                }
+            }
+            assert_ne!(
+                name,
+                format!("{other}.overlay.opaque"),
+                "{}: marker in the wrong namespace: {line}",
+                diff.display()
+            );
+        }
+        rows.insert(path, f[1..].to_vec());
+    }
+    for w in &whiteouts {
+        for o in &opaque {
+            assert!(
+                !w.starts_with(&format!("{o}/")),
+                "{}: whiteout {w} below the opaque dir {o} is a kernel ghost",
+                diff.display()
+            );
+        }
+    }
+    for o in &opaque {
+        let v = run(Command::new("getfattr")
+            .args(["-h", "--only-values", "-n", &format!("{ns}.overlay.opaque")])
+            .arg(diff.join(o)));
+        assert_eq!(v.stdout, b"y", "getfattr {ns}.overlay.opaque on {o}");
+    }
+    for w in &whiteouts {
+        let m = std::fs::symlink_metadata(diff.join(w)).unwrap();
+        assert!(m.file_type().is_char_device() && m.rdev() == 0, "{w}");
+    }
+    Raw {
+        whiteouts,
+        opaque,
+        rows,
+    }
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Exact whiteouts; `opaque` all opaque; `plain` dirs present and not opaque.
+fn expect_raw(r: &Raw, what: &str, whiteouts: &[&str], opaque: &[&str], plain: &[&str]) {
+    assert_eq!(r.whiteouts, set(whiteouts), "{what}: char-0/0 whiteouts");
+    for o in opaque {
+        assert!(
+            r.opaque.contains(*o),
+            "{what}: {o} must be opaque: {:?}",
+            r.opaque
+        );
+    }
+    for p in plain {
+        assert_eq!(
+            r.rows.get(*p).map(|f| f[0].as_str()),
+            Some("d"),
+            "{what}: dir {p}"
+        );
+        assert!(!r.opaque.contains(*p), "{what}: {p} must not be opaque");
+    }
+}
+
+/// The mode, uid, gid and `mtime=` fields of `path` in a dump.
+fn dump_line<'a>(dump: &'a str, path: &str) -> &'a str {
+    dump.lines()
+        .find(|l| l.split(' ').next() == Some(path))
+        .unwrap_or_else(|| panic!("{path} missing from\n{dump}"))
+}
+
+/// Split `file` at byte `at` and compress both halves separately with `tool` (`gzip -c -n` or
+/// `zstd -q -c`), concatenated: a multi-member gzip or a multi-frame zstd stream.
+fn two_part(file: &Path, at: usize, tool: &[&str], out: &Path) {
+    let data = std::fs::read(file).unwrap();
+    assert!(at > 0 && at < data.len());
+    let mut all = Vec::new();
+    for part in [&data[..at], &data[at..]] {
+        all.extend(run_with_stdin(Command::new(tool[0]).args(&tool[1..]), part).stdout);
+    }
+    std::fs::write(out, all).unwrap();
+}
+
+fn compress(file: &Path, tool: &[&str], out: &Path) {
+    let data = std::fs::read(file).unwrap();
+    let o = run_with_stdin(Command::new(tool[0]).args(&tool[1..]), &data);
+    std::fs::write(out, o.stdout).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// Three layers with every entry type, deletions, re-created and opaque dirs, replacements of
+/// file/dir/symlink by each other, hardlinks within a layer and to a lower file.
+const STACK: &str = r#"
+=== L0
+d etc mode=0755 mtime=1500000000.123456789
+f etc/passwd data=root:x:0:0 mtime=1500000001.5
+f etc/shadow data=secret mode=0640 gid=42
+d etc/ssl
+f etc/ssl/cert data=cert
+d del
+f del/a data=a
+d del/sub
+f del/sub/b data=b
+f delfile data=gone
+d opq1 mtime=1400000000
+f opq1/old data=old
+d opq1/olddir
+f opq1/olddir/x data=x
+d opq2 mtime=1400000000
+f opq2/old data=old
+d opq3 mode=0700 uid=3 gid=4 mtime=1450000000.25 x.user.o=3
+f opq3/old data=old
+d recreate
+f recreate/old data=old
+d recreate2 mtime=0
+f recreate2/old data=old
+d samedir
+f samedir/old data=old
+f fd data=file-to-dir
+d df
+f df/inner data=inner
+l sd link=etc
+d ds
+f ds/x data=x
+f hl-target data=shared mode=0600 uid=5 mtime=1300000000.7
+f in0a data=in-layer
+h in0b link=in0a
+d usr
+d usr/bin
+f usr/bin/su data=su mode=04755
+f usr/bin/newgrp data=ng mode=02755 gid=50
+f usr/bin/own data=own mode=06750 uid=1000 gid=1000
+d tmp mode=01777
+p run/fifo mode=0620
+c dev/null dev=1:3 mode=0666
+b dev/loop0 dev=7:0 mode=0660 gid=6
+c dev/big dev=4095:1048575 mode=0600
+d {d*100} mtime=1234567890.000000001
+f {d*100}/{f*200} data=long uid=3000000 gid=3000001
+l longlink link={t*300}
+h {h*150} link={d*100}/{f*200}
+f xattrs data=x x.user.a=hello xh.user.bin=00ff0a0d x.trusted.plain=t
+d xdir x.user.d=1 mode=0711
+f sp\sace data=space
+f ünïcødé-名前 data=u
+
+=== L1
+w .wh.delfile
+w .wh.del
+d opq1 mtime=1600000100
+w opq1/.wh..wh..opq
+f opq1/new data=new
+d opq1/olddir
+f opq1/olddir/z data=z
+d opq2 mtime=1600000200
+f opq2/new data=new
+w opq2/.wh..wh..opq
+w opq3/.wh..wh..opq
+f opq3/n data=n
+w .wh.recreate
+d recreate mode=0700 mtime=1600000300
+f recreate/new data=new
+f recreate/keep data=keep
+w .wh.recreate2
+f recreate2/child data=child
+d samedir mode=0750 mtime=1600000400
+f samedir/new data=new
+w .wh.samedir
+d fd mtime=1600000500
+f fd/in data=in
+f df data=now-a-file
+d sd
+f sd/f data=f
+l ds link=etc
+f own data=own
+h own-link link=own
+h hl-lower link=hl-target
+l sym2 link=/etc/passwd
+h sym2-hl link=sym2
+f etc/passwd data=new-passwd mtime=1600000000.000000001
+f ./dotslash data=d
+f /leading data=l
+
+=== L2
+l fd link=df
+d df mtime=1600000600
+f df/again data=again
+f sd data=file
+w .wh.ds
+w etc/.wh.shadow
+w recreate/.wh.new
+d del mtime=1600000700
+f del/back data=back
+w .wh.hl-lower
+f own data=changed
+f usr/bin/new data=new
+"#;
+
+#[test]
+fn three_layer_stack_matches_flat_apply_at_every_depth() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(STACK);
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+
+    let r0 = raw_layer(&diffs[0], "trusted");
+    expect_raw(&r0, "L0", &[], &[], &["etc", "del", "opq1", "usr"]);
+    assert_eq!(
+        r0.xattr("xattrs", "user.bin").as_deref(),
+        Some("00ff0a0d"),
+        "binary xattr"
+    );
+
+    let r1 = raw_layer(&diffs[1], "trusted");
+    expect_raw(
+        &r1,
+        "L1",
+        &["del", "delfile"],
+        &["opq1", "opq2", "opq3", "recreate", "recreate2", "samedir"],
+        &["opq1/olddir"],
+    );
+    // A hardlink to a lower file: the file is copied into L1 and both names share its inode.
+    let (t, l) = (
+        std::fs::symlink_metadata(diffs[1].join("hl-target")).unwrap(),
+        std::fs::symlink_metadata(diffs[1].join("hl-lower")).unwrap(),
+    );
+    assert_eq!(
+        t.ino(),
+        l.ino(),
+        "L1: hl-lower and its copied target share an inode"
+    );
+    assert_eq!(
+        std::fs::read(diffs[1].join("hl-target")).unwrap(),
+        b"shared"
+    );
+    assert_eq!(
+        (t.mode() & 0o7777, t.uid()),
+        (0o600, 5),
+        "copied target keeps its metadata"
+    );
+
+    let r2 = raw_layer(&diffs[2], "trusted");
+    expect_raw(
+        &r2,
+        "L2",
+        &["ds", "etc/shadow", "hl-lower", "recreate/new"],
+        &[],
+        &["etc", "recreate"],
+    );
+
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "stack");
+}
+
+#[test]
+fn implied_parent_keeps_the_lower_dirs_attributes() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+d srv mode=0750 uid=7 gid=8 mtime=1234567890.987654321 x.user.k=v x.trusted.t=1
+d srv/data mode=0711 uid=9 gid=9 mtime=1300000000.5
+f srv/data/old data=old
+d srv/data/deep mode=0700 uid=11 mtime=1310000000
+=== L1
+f srv/data/new data=new
+f srv/data/deep/er/est/new2 data=n2
+w srv/.wh.gone
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    raw_layer(&diffs[1], "trusted");
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "implied");
+
+    // Belt and braces, independent of the flat applier: the merged view shows the lower's dirs.
+    let (merged, times) = merged_view(c.tmp.path(), &lowerdir, "");
+    assert_eq!(
+        dump_line(&merged, "srv"),
+        "srv d 0750 7 8 mtime=1234567890 trusted.t=31 user.k=76"
+    );
+    assert_eq!(
+        dump_line(&merged, "srv/data"),
+        "srv/data d 0711 9 9 mtime=1300000000"
+    );
+    assert_eq!(
+        dump_line(&merged, "srv/data/deep/er"),
+        "srv/data/deep/er d 0755 0 0 mtime=0",
+        "a dir no lower has: 0755 root, mtime 0"
+    );
+    assert!(
+        times.lines().any(|l| l == "srv 1234567890987654321"),
+        "{times}"
+    );
+}
+
+#[test]
+fn parent_through_lower_symlink_writes_to_its_target() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+d usr
+d usr/lib mode=0750 mtime=1500000000
+f usr/lib/old data=old
+l lib link=usr/lib
+l lib64 link=/usr/lib
+l lib32 link=usr/lib32
+l chain link=lib
+=== L1
+f lib/x data=x
+f lib64/y data=y
+f lib32/z data=z
+f chain/c data=c
+=== L2
+d lib mode=0700 mtime=1600000000
+f lib/own data=own
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    for (i, d) in diffs.iter().enumerate() {
+        raw_layer(d, "trusted");
+        assert!(
+            i == 2
+                || std::fs::symlink_metadata(d.join("lib")).is_ok_and(|m| m.is_symlink())
+                    == (i == 0),
+            "L{i}: only L0 has `lib` (L1 must not shadow the symlink with a dir)"
+        );
+    }
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "symlink-parent");
+
+    let ld1 = lowerdir.split(':').skip(1).collect::<Vec<_>>().join(":");
+    let (m1, _) = merged_view(c.tmp.path(), &ld1, "");
+    assert_eq!(dump_line(&m1, "lib"), "lib l 0777 0 0 -> usr/lib");
+    for p in ["usr/lib/x", "usr/lib/y", "usr/lib/c", "usr/lib32/z"] {
+        dump_line(&m1, p);
+    }
+    let (m2, _) = merged_view(c.tmp.path(), &lowerdir, "");
+    assert_eq!(
+        dump_line(&m2, "lib"),
+        "lib d 0700 0 0 mtime=1600000000",
+        "an explicit dir entry replaces the lower symlink"
+    );
+    assert!(
+        !m2.contains("\nlib/x "),
+        "lib is a new dir, not merged with usr/lib"
+    );
+}
+
+#[test]
+fn root_level_opaque_marker_hides_every_lower_top_level_name() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+f a data=a
+d b
+f b/old data=old
+d c
+f c/x data=x
+l s link=a
+=== L1
+f e data=e
+w .wh..wh..opq
+d b mtime=1600000000
+f b/new data=new
+=== L2
+f z data=z
+w ./.wh..wh..opq
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    let r1 = raw_layer(&diffs[1], "trusted");
+    assert_eq!(
+        r1.whiteouts,
+        set(&["a", "c", "s"]),
+        "L1: one whiteout per hidden top-level name"
+    );
+    let r2 = raw_layer(&diffs[2], "trusted");
+    assert_eq!(
+        r2.whiteouts,
+        set(&["b", "e"]),
+        "L2: one whiteout per hidden top-level name"
+    );
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "root-opaque");
+    let (m, _) = merged_view(c.tmp.path(), &lowerdir, "");
+    assert_eq!(m.lines().count(), 1, "only z is left:\n{m}");
+}
+
+#[test]
+fn whiteouts_below_a_same_layer_opaque_dir_leave_no_ghosts() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+d g
+f g/a data=a
+f g/b data=b
+d g/sub
+f g/sub/c data=c
+d h
+f h/a data=a
+f h/b data=b
+=== L1
+w g/.wh.a
+d g mtime=1600000000
+w g/.wh..wh..opq
+w g/.wh.b
+f g/new data=new
+w g/sub/.wh.c
+d h mtime=1600000000
+f h/x data=x
+w h/.wh.a
+w h/.wh..wh..opq
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    let r1 = raw_layer(&diffs[1], "trusted");
+    expect_raw(&r1, "L1", &[], &["g", "h"], &[]);
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "ghosts");
+    // readdir through the kernel: nothing but this layer's own entries.
+    let t = tempfile::Builder::new()
+        .prefix("mnt-")
+        .tempdir_in(c.tmp.path())
+        .unwrap();
+    let merged = t.path().join("m");
+    std::fs::create_dir(&merged).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("lowerdir={lowerdir}"))
+        .arg(&merged));
+    let _g = Mount::guard(&merged);
+    assert_eq!(listing(&merged.join("g")), ["new"]);
+    assert_eq!(listing(&merged.join("h")), ["x"]);
+}
+
+#[test]
+fn whited_out_dir_recreated_as_implied_parent_gets_fresh_attributes() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    // The lower x and y are deleted by L1 before L1 writes into them again without a dir entry:
+    // the old dirs' attributes must not come back (OCI: whiteouts first, then the entries).
+    let c = Case::new(
+        r#"
+=== L0
+d x mode=0700 uid=5 gid=6 mtime=1400000000 x.user.old=1
+f x/old data=old
+d y mode=0700 uid=5 gid=6 mtime=1400000000 x.user.old=1
+f y/old data=old
+=== L1
+w .wh.x
+f x/child data=child
+=== L2
+w .wh..wh..opq
+f y/child data=child
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    expect_raw(&raw_layer(&diffs[1], "trusted"), "L1", &[], &["x"], &[]);
+    raw_layer(&diffs[2], "trusted");
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "fresh-implied");
+}
+
+#[test]
+fn overlay_xattrs_from_the_tar_are_escaped_and_selinux_skipped() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+d inj
+f inj/lower data=lower
+f f0 data=f0
+=== L1
+d inj mtime=1600000000 x.trusted.overlay.opaque=y
+f f1 data=f1 x.trusted.overlay.redirect=/f0 x.trusted.overlay.foo=bar x.user.overlay.opaque=y x.security.selinux=system_u:object_r:etc_t:s0 x.user.keep=1
+"#,
+    );
+    let store = c.p("store");
+    let out = applied(layerapply().arg("--store").arg(&store).args(&c.tars));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("security.selinux")),
+        "skipping security.selinux deserves a warning; stderr: {err}"
+    );
+    let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars));
+    assert_eq!(stdout_line(&out), lowerdir);
+
+    let r1 = raw_layer(&diffs[1], "trusted");
+    expect_raw(&r1, "L1", &[], &[], &["inj"]);
+    assert_eq!(
+        r1.xattr("inj", "trusted.overlay.overlay.opaque").as_deref(),
+        Some("79")
+    );
+    assert_eq!(
+        r1.xattr("f1", "trusted.overlay.overlay.redirect")
+            .as_deref(),
+        Some("2f6630")
+    );
+    assert_eq!(
+        r1.xattr("f1", "trusted.overlay.overlay.foo").as_deref(),
+        Some("626172")
+    );
+    assert_eq!(r1.xattr("f1", "trusted.overlay.redirect"), None);
+    assert_eq!(
+        r1.xattr("f1", "user.overlay.opaque").as_deref(),
+        Some("79"),
+        "the other namespace is ordinary data"
+    );
+    assert_eq!(r1.xattr("f1", "security.selinux"), None);
+    assert_eq!(r1.xattr("f1", "user.keep").as_deref(), Some("31"));
+
+    // Through the kernel (>= 6.7): the escaped names show unescaped, inj is not opaque.
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "escaped");
+    let (m, _) = merged_view(c.tmp.path(), &lowerdir, "");
+    assert!(
+        dump_line(&m, "inj").contains("trusted.overlay.opaque=79"),
+        "{m}"
+    );
+    dump_line(&m, "inj/lower");
+}
+
+#[test]
+fn duplicates_last_one_wins_with_a_warning() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+f lowerdup data=low
+=== L1
+f dup data=one mode=0644
+f dup data=two mode=0600 uid=3
+d dd mode=0700 uid=1 mtime=1500000000 x.user.first=1
+f dd/c data=c
+d dd mode=0750 uid=2 mtime=1600000000 x.user.second=2
+f y data=file
+d y
+f y/in data=in
+d z
+f z/c data=c
+f z data=z-file
+l s link=dup
+f s data=s-file
+f ./dup2 data=first
+f dup2 data=second
+f lowerdup data=mid
+l lowerdup link=dup
+"#,
+    );
+    let store = c.p("store");
+    let out = applied(layerapply().arg("--store").arg(&store).args(&c.tars));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")),
+        "duplicates deserve a warning; stderr: {err}"
+    );
+    let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars));
+    assert_eq!(stdout_line(&out), lowerdir);
+    raw_layer(&diffs[1], "trusted");
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "dups");
+}
+
+/// Layers for the compression and stdin tests: enough data that the split points fall inside
+/// file data and headers.
+const SMALL_STACK: &str = r#"
+=== L0
+d etc mtime=1500000000.5
+f etc/a size=3000 mtime=1500000001.25
+f etc/b size=70000 mode=0600
+l etc/c link=a
+d opq
+f opq/x data=x
+=== L1
+w etc/.wh.a
+f etc/d size=5000
+w opq/.wh..wh..opq
+f opq/y data=y
+=== L2
+f etc/a data=back mtime=1600000000.999999999
+h etc/e link=etc/b
+"#;
+
+#[test]
+fn gzip_multi_member_zstd_multi_frame_and_stdin() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(SMALL_STACK);
+    let (l0, l1, l2) = (c.p("L0.tar.gz"), c.p("L1.tar.zst"), c.p("L2.tar.gz"));
+    two_part(&c.tars[0], 1000, &["gzip", "-c", "-n"], &l0);
+    two_part(&c.tars[1], 777, &["zstd", "-q", "-c"], &l1);
+    compress(&c.tars[2], &["gzip", "-c", "-9"], &l2);
+    // Sanity: the test really made two members / two frames.
+    let gz = std::fs::read(&l0).unwrap();
+    assert!(
+        gz.windows(3).filter(|w| *w == [0x1f, 0x8b, 0x08]).count() >= 2,
+        "two gzip members"
+    );
+    let zs = std::fs::read(&l1).unwrap();
+    assert!(
+        zs.windows(4)
+            .filter(|w| *w == [0x28, 0xb5, 0x2f, 0xfd])
+            .count()
+            >= 2,
+        "two zstd frames"
+    );
+
+    // L1 from stdin, given as `-` between two files.
+    let store = c.p("store");
+    let out = applied(
+        layerapply()
+            .arg("--store")
+            .arg(&store)
+            .arg(&l0)
+            .arg("-")
+            .arg(&l2)
+            .stdin(std::fs::File::open(&l1).unwrap()),
+    );
+    let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars));
+    assert_eq!(
+        stdout_line(&out),
+        lowerdir,
+        "ids are chainIDs of the uncompressed tars"
+    );
+    for d in &diffs {
+        raw_layer(d, "trusted");
+    }
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "compressed");
+
+    // The same layers uncompressed give the same layer dirs.
+    let plain_store = c.p("plain-store");
+    let (_, plain_diffs) = c.apply_store(&plain_store, &[], &c.tars, &c.tars);
+    for (a, b) in diffs.iter().zip(&plain_diffs) {
+        assert_same(
+            &dump(b, &[]),
+            &dump(a, &[]),
+            "compressed vs plain layer dir",
+        );
+    }
+}
+
+#[test]
+fn single_layer_from_stdin() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    let c = Case::new(SMALL_STACK);
+    let gz = c.p("L0.tar.gz");
+    compress(&c.tars[0], &["gzip", "-c"], &gz);
+    let store = c.p("store");
+    let out = applied(
+        layerapply()
+            .arg("--store")
+            .arg(&store)
+            .arg("-")
+            .stdin(std::fs::File::open(&gz).unwrap()),
+    );
+    let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars[..1]));
+    assert_eq!(stdout_line(&out), lowerdir);
+    assert!(!lowerdir.contains(':'));
+    raw_layer(&diffs[0], "trusted");
+    c.check_merged_prefixes(&lowerdir, "", &c.tars[..1], "stdin");
+}
+
+#[test]
+fn into_dir_equals_flat_apply_and_writes_native_markers() {
+    if !need_root("layerapply --into") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== plain
+d etc mode=0750 uid=1 gid=2 mtime=1500000000.123456789 x.user.d=1
+f etc/conf data=conf mtime=1500000000.000000007 x.user.a=hello xh.user.bin=000aff x.security.selinux=x_t
+f deep/implied/file data=f
+l etc/link link=conf
+l abs link=/etc/conf
+h etc/hard link=etc/conf
+h abs-hard link=abs
+f usr/bin/su data=su mode=04755
+f usr/bin/sg data=sg mode=02711 gid=50
+d tmp mode=01777
+p fifo mode=0600
+c null dev=1:3 mode=0666
+b loop dev=7:9 mode=0660 gid=6
+f {n*250} data=long
+f ./dup data=one
+f dup data=two
+=== marked
+f keep data=keep
+w .wh.gone
+w dir/.wh..wh..opq
+f dir/new data=new
+w dir/.wh.inside
+w .wh.re
+d re mtime=1600000000
+f re/x data=x
+d same mtime=1600000000
+w .wh.same
+=== rootopq
+f a data=a
+w .wh..wh..opq
+"#,
+    );
+    // A single layer without markers: the raw dir is exactly the flat tree.
+    let into = c.p("into-plain");
+    let out = applied(layerapply().arg("--into").arg(&into).arg(&c.tars[0]));
+    assert!(
+        out.stdout.is_empty(),
+        "--into without --json prints nothing"
+    );
+    let flat = c.flat("flat-plain", &c.tars[..1]);
+    assert_same(&dump(&flat, &[]), &dump(&into, &[]), "--into vs flat apply");
+    assert_same(
+        &stat_list(&flat, "mtime"),
+        &stat_list(&into, "mtime"),
+        "--into vs flat apply: mtimes in ns",
+    );
+
+    // Markers become native whiteouts and opaque dirs; DIR may exist if empty.
+    let marked = c.p("into-marked");
+    std::fs::create_dir(&marked).unwrap();
+    applied(layerapply().arg("--into").arg(&marked).arg(&c.tars[1]));
+    let r = raw_layer(&marked, "trusted");
+    expect_raw(&r, "--into", &["gone"], &["dir", "re", "same"], &[]);
+    assert_eq!(
+        listing(&marked.join("dir")),
+        ["new"],
+        "no ghost whiteout in dir"
+    );
+
+    // A non-empty DIR is an error and stays as it was.
+    let full = c.p("into-full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), "x").unwrap();
+    let before = dump(&full, &[]);
+    expect_failure(
+        layerapply().arg("--into").arg(&full).arg(&c.tars[0]),
+        "layerapply: ",
+    );
+    assert_eq!(dump(&full, &[]), before, "non-empty --into DIR untouched");
+
+    // A root-level opaque marker cannot be written with --into: error, DIR stays absent.
+    let absent = c.p("into-rootopq");
+    let arg = c.tars[2].display().to_string();
+    let err = expect_failure(
+        layerapply().arg("--into").arg(&absent).arg(&arg),
+        "layerapply: ",
+    );
+    assert!(err.contains(&arg), "the error names the layer: {err}");
+    assert!(
+        std::fs::symlink_metadata(&absent).is_err(),
+        "--into DIR left absent"
+    );
+}
+
+/// Run a command that must fail with exit 1 and exactly one stderr line (not a warning) that
+/// starts with `prefix`; returns that line.
+fn expect_failure(cmd: &mut Command, prefix: &str) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{cmd:?}: exit 1; stderr: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{cmd:?}: one error line: {err:?}");
+    assert!(lines[0].starts_with(prefix), "{cmd:?}: {err:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn userxattr_store_mounts_with_userxattr() {
+    if !need_root("layerapply --userxattr + overlay userxattr mount") {
+        return;
+    }
+    let c = Case::new(
+        r#"
+=== L0
+d o
+f o/old data=old
+d w
+f w/gone data=gone
+f w/stay data=stay
+d re
+f re/old data=old
+d inj
+f inj/lower data=lower
+=== L1
+d o mtime=1600000000
+w o/.wh..wh..opq
+f o/new data=new
+w w/.wh.gone
+w .wh.re
+d re mtime=1600000000
+f re/new data=new
+d inj mtime=1600000000 x.user.overlay.opaque=y
+f f1 data=f1 x.trusted.overlay.foo=bar x.user.overlay.redirect=/w
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &["--userxattr"], &c.tars, &c.tars);
+    raw_layer(&diffs[0], "user");
+    let r1 = raw_layer(&diffs[1], "user");
+    expect_raw(&r1, "L1", &["w/gone"], &["o", "re"], &["inj", "w"]);
+    assert_eq!(
+        r1.xattr("inj", "user.overlay.overlay.opaque").as_deref(),
+        Some("79")
+    );
+    assert_eq!(
+        r1.xattr("f1", "user.overlay.overlay.redirect").as_deref(),
+        Some("2f77")
+    );
+    assert_eq!(r1.xattr("f1", "user.overlay.redirect"), None);
+    assert_eq!(
+        r1.xattr("f1", "trusted.overlay.foo").as_deref(),
+        Some("626172"),
+        "with --userxattr, trusted.overlay.* is ordinary data"
+    );
+    c.check_merged_prefixes(&lowerdir, "userxattr", &c.tars, "userxattr");
+}
+
+#[test]
+fn json_reports_digests_paths_and_lowerdir() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    let c = Case::new(SMALL_STACK);
+    compress(&c.tars[1], &["zstd", "-q", "-c"], &c.p("tars/L1.tar.zst"));
+    // Relative arguments: "layer" is the argument as given.
+    let args = ["tars/L0.tar", "tars/L1.tar.zst", "tars/L2.tar"];
+    let out = applied(
+        layerapply()
+            .current_dir(c.tmp.path())
+            .args(["--json", "--store", "store"])
+            .args(args),
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout_line(&out)).expect("one JSON object");
+    let diff_ids: Vec<String> = c.tars.iter().map(|t| sha256_file(t)).collect();
+    let chains = chain_ids(&diff_ids);
+    let (lowerdir, diffs) = check_store(&c.p("store"), &c.ids(&c.tars));
+    let layers = v["layers"].as_array().expect("layers array");
+    assert_eq!(layers.len(), 3, "{v}");
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["layer"], args[i], "{l}");
+        assert_eq!(l["diffID"], diff_ids[i].as_str(), "{l}");
+        assert_eq!(l["chainID"], chains[i].as_str(), "{l}");
+        assert_eq!(l["path"], diffs[i].display().to_string().as_str(), "{l}");
+        assert_eq!(l["reused"], false, "{l}");
+    }
+    assert_eq!(v["lowerdir"], lowerdir.as_str(), "{v}");
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["layers", "lowerdir"]
+    );
+
+    // --into --json: one layer, path and lowerdir = the absolute DIR, chainID = diffID.
+    let out = applied(layerapply().current_dir(c.tmp.path()).args([
+        "--json",
+        "--into",
+        "into",
+        "tars/L0.tar",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&stdout_line(&out)).expect("one JSON object");
+    let into = c.p("into").canonicalize().unwrap().display().to_string();
+    assert_eq!(v["lowerdir"], into.as_str(), "{v}");
+    let l = &v["layers"][0];
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        (&l["layer"], &l["path"], &l["diffID"], &l["chainID"]),
+        (
+            &serde_json::json!("tars/L0.tar"),
+            &serde_json::json!(into),
+            &serde_json::json!(diff_ids[0]),
+            &serde_json::json!(diff_ids[0])
+        ),
+        "{v}"
+    );
+}
+
+#[test]
+fn layerkit_apply_and_any_job_count_build_the_same_store() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    let c = Case::new(STACK);
+    let mut dumps: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, mut cmd) in [
+        ("layerapply -j 1", layerapply()),
+        ("layerapply -j 2", layerapply()),
+        ("layerkit apply", layerkit_apply()),
+    ] {
+        let store = c.p(&name.replace(' ', "_"));
+        if let Some(j) = name.strip_prefix("layerapply -j ") {
+            cmd.args(["-j", j]);
+        }
+        let out = applied(cmd.arg("--store").arg(&store).args(&c.tars));
+        let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars));
+        assert_eq!(stdout_line(&out), lowerdir, "{name}");
+        let layers = diffs
+            .iter()
+            .map(|d| dump(d, &[]) + &stat_list(d, "mtime"))
+            .collect();
+        dumps.push((name.to_string(), layers));
+    }
+    for (name, layers) in &dumps[1..] {
+        for (i, (a, b)) in dumps[0].1.iter().zip(layers).enumerate() {
+            assert_same(a, b, &format!("L{i}: {} vs {name}", dumps[0].0));
+        }
+    }
+}
+
+#[test]
+fn reuse_leaves_existing_layers_untouched() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    let c = Case::new(SMALL_STACK);
+    let store = c.p("store");
+    let (first, diffs) = c.apply_store(&store, &[], &c.tars[..2], &c.tars[..2]);
+    let id_dir = |d: &PathBuf| d.parent().unwrap().to_path_buf();
+    let before: Vec<(String, String, Vec<u8>)> = diffs
+        .iter()
+        .map(|d| {
+            (
+                stat_list(&id_dir(d), "inode"),
+                dump(d, &[]),
+                std::fs::read(id_dir(d).join("link")).unwrap(),
+            )
+        })
+        .collect();
+    let diff_dirs: Vec<(u64, i64, i64)> = diffs
+        .iter()
+        .map(|d| {
+            let m = std::fs::symlink_metadata(d).unwrap();
+            (m.ino(), m.mtime(), m.mtime_nsec())
+        })
+        .collect();
+
+    let out = applied(
+        layerapply()
+            .args(["--json", "--store"])
+            .arg(&store)
+            .args(&c.tars),
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout_line(&out)).unwrap();
+    let reused: Vec<&serde_json::Value> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["reused"])
+        .collect();
+    assert_eq!(reused, [true, true, false], "{v}");
+    let (second, diffs2) = check_store(&store, &c.ids(&c.tars));
+    assert_eq!(v["lowerdir"], second.as_str());
+    assert_eq!(
+        second,
+        format!("{}:{first}", diffs2[2].display()),
+        "same lowerdir prefix"
+    );
+    for (i, d) in diffs.iter().enumerate() {
+        let m = std::fs::symlink_metadata(d).unwrap();
+        assert_eq!(
+            (m.ino(), m.mtime(), m.mtime_nsec()),
+            diff_dirs[i],
+            "L{i}/diff: same inode and mtime"
+        );
+        let (inodes, tree, link) = &before[i];
+        assert_same(
+            inodes,
+            &stat_list(&id_dir(d), "inode"),
+            &format!("L{i}: ino mtime ctime of every entry"),
+        );
+        assert_same(tree, &dump(d, &[]), &format!("L{i}: reused layer dir"));
+        assert_eq!(
+            &std::fs::read(id_dir(d).join("link")).unwrap(),
+            link,
+            "L{i}/link"
+        );
+    }
+    c.check_merged_prefixes(&second, "", &c.tars, "reuse");
+}
+
+#[test]
+fn two_concurrent_runs_share_one_store() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    let c = Case::new(&format!(
+        "{SMALL_STACK}\nf big1 size=8000000\nf big2 size=8000000\n"
+    ));
+    let store = c.p("store");
+    let spawn = || {
+        layerapply()
+            .arg("--store")
+            .arg(&store)
+            .args(&c.tars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for o in [&a, &b] {
+        assert!(
+            o.status.success(),
+            "both runs succeed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(stdout_line(&a), stdout_line(&b), "same stdout");
+    let (lowerdir, diffs) = check_store(&store, &c.ids(&c.tars));
+    assert_eq!(stdout_line(&a), lowerdir);
+    for d in &diffs {
+        raw_layer(d, "trusted");
+    }
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "concurrent");
+}
+
+#[test]
+fn leftover_staging_from_a_crash_is_cleaned_up() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    let c = Case::new(SMALL_STACK);
+    let store = c.p("store");
+    sh(
+        c.tmp.path(),
+        "mkdir -p store/.layerkit/staging/crashed-1234/diff/etc/deep && \
+         echo half > store/.layerkit/staging/crashed-1234/diff/etc/deep/f && \
+         mkfifo store/.layerkit/staging/crashed-1234/diff/p && \
+         chmod 0 store/.layerkit/staging/crashed-1234/diff/etc && \
+         echo x > store/.layerkit/staging/stray-file",
+    );
+    let (lowerdir, _) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    assert_staging_empty(&store);
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "staging");
+}

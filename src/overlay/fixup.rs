@@ -1,0 +1,382 @@
+//! The second half of writing a layer into a store: what its native form owes to the layers below,
+//! settled once they are complete (DESIGN.md section 2, semantics.md findings 1, 6, 7, 9).
+//!
+//! - A root-level opaque marker becomes one whiteout per top-level lower name the layer does not
+//!   provide (the kernel ignores opaque on a layer root) and opaque top-level dirs.
+//! - A hardlink to a file only a lower layer has: the file is copied in and linked, so both names
+//!   share an inode as in a flat extraction.
+//! - An implied dir takes the attributes of the same dir in the merged lower view; where the lower
+//!   has a symlink there, the layer's content moves to the symlink's in-root target instead, so the
+//!   symlink keeps working (a flat extraction writes through it).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::error::{Error, Result, Rule};
+use crate::overlay::lower::{last, Found, LowerView};
+use crate::overlay::write::{is_within, join, LayerWriter, Purpose};
+use crate::sys::{self, FileType, Node, Stat};
+use crate::tar::entry::show;
+
+impl LayerWriter {
+    /// Settle everything that depends on the lower layers (`view`, topmost first).
+    pub fn fix_against(&mut self, view: &LowerView) -> Result<()> {
+        if self.root_opaque {
+            self.opaque_root(view)?;
+        } else {
+            self.settle_links(view)?;
+            self.settle_implied(view)?;
+        }
+        if !self.root_explicit && !view.is_empty() {
+            if let Found::Dir { layer, st } = view.lookup(b"").map_err(|e| Self::io(b"", e))? {
+                let src = view.open_dir(layer, b"").map_err(|e| Self::io(b"", e))?;
+                let root = self.root.clone();
+                self.copy_dir_attrs(src.as_fd(), &st, root.as_fd(), b"")?;
+                self.root_explicit = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn opaque_root(&mut self, view: &LowerView) -> Result<()> {
+        let root = self.root.clone();
+        for name in view.root_names().map_err(|e| Self::io(b"", e))? {
+            match sys::lstatat(&*root, &name) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    sys::mknodat(&*root, &name, Node::Char(0, 0)).map_err(|e| Self::io(&name, e))?
+                }
+                Err(e) => return Err(Self::io(&name, e)),
+                Ok(st) if sys::file_type(&st) == FileType::Directory => {
+                    let fd = sys::openat_dir(&*root, &name).map_err(|e| Self::io(&name, e))?;
+                    self.set_opaque(fd.as_fd(), &name)?;
+                }
+                Ok(_) => {}
+            }
+        }
+        // Nothing below shows through, so implied dirs keep their defaults.
+        self.implied.clear();
+        Ok(())
+    }
+
+    /// Copy attributes (owner, non-marker xattrs, mode, mtime) of a lower dir onto ours.
+    fn copy_dir_attrs(
+        &mut self,
+        src: BorrowedFd<'_>,
+        st: &Stat,
+        dst: BorrowedFd<'_>,
+        path: &[u8],
+    ) -> Result<()> {
+        sys::fchown(dst, u64::from(st.st_uid), u64::from(st.st_gid))
+            .map_err(|e| Self::io(path, e))?;
+        for (n, v) in self.lower_xattrs(sys::fget_all_xattrs(src).map_err(|e| Self::io(path, e))?) {
+            sys::fsetxattr(dst, &n, &v).map_err(|e| Self::io(path, e))?;
+        }
+        sys::fchmod(dst, st.st_mode & 0o7777).map_err(|e| Self::io(path, e))?;
+        self.dir_times
+            .insert(path.to_vec(), (st.st_mtime, st.st_mtime_nsec as u32));
+        Ok(())
+    }
+
+    /// A lower node's xattrs minus the markers of its own layer (already-escaped image xattrs stay
+    /// escaped, as they are on disk).
+    fn lower_xattrs(&self, raw: crate::entry::Xattrs) -> crate::entry::Xattrs {
+        let prefix = self.ns.prefix();
+        raw.into_iter()
+            .filter(|(n, _)| match n.strip_prefix(prefix) {
+                Some(rest) => rest.starts_with(b"overlay."),
+                None => n != b"security.selinux",
+            })
+            .collect()
+    }
+
+    fn settle_implied(&mut self, view: &LowerView) -> Result<()> {
+        let mut todo: BTreeSet<Vec<u8>> = self.implied.clone();
+        while let Some(p) = todo.pop_first() {
+            if !self.implied.contains(&p) {
+                continue;
+            }
+            let found = view.lookup(&p).map_err(|e| Self::io(&p, e))?;
+            match found {
+                Found::Dir { layer, st } => {
+                    let src = view.open_dir(layer, &p).map_err(|e| Self::io(&p, e))?;
+                    let Some(dst) = self.open_own_dir(&p)? else {
+                        continue;
+                    };
+                    self.copy_dir_attrs(src.as_fd(), &st, dst.as_fd(), &p)?;
+                }
+                Found::Other { st, .. }
+                    if sys::file_type(&st) == FileType::Symlink && !self.opaque.contains(&p) =>
+                {
+                    let Some(target) = view.resolve(&p, true)? else {
+                        continue;
+                    };
+                    if target.is_empty() || is_within(&target, &p) || is_within(&p, &target) {
+                        continue;
+                    }
+                    self.redirect(&p, &target, &mut todo)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn open_own_dir(&mut self, p: &[u8]) -> Result<Option<OwnedFd>> {
+        let Some(parent) = self.parent(p, Purpose::Lookup)? else {
+            return Ok(None);
+        };
+        match sys::openat_dir(&*parent.fd, last(p)) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io(p, e)),
+        }
+    }
+
+    /// Move the content of the implied dir `from` to `to` (the in-root target of the lower symlink
+    /// at `from`), then remove `from` so the lower symlink shows through again.
+    fn redirect(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Vec<u8>>) -> Result<()> {
+        let Some(dst_parent) = self.parent(to, Purpose::Create)? else {
+            return Ok(());
+        };
+        let name = last(to);
+        let to = join(&dst_parent.path, name);
+        match sys::lstatat(&*dst_parent.fd, name) {
+            Ok(st) if sys::file_type(&st) == FileType::Directory => {}
+            Ok(_) => {
+                self.warnings.push(format!(
+                    "{}: not redirected to {} (not a directory in this layer)",
+                    show(from),
+                    show(&to)
+                ));
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                sys::mkdirat(&*dst_parent.fd, name, 0o755).map_err(|e| Self::io(&to, e))?;
+                let fd = sys::openat_dir(&*dst_parent.fd, name).map_err(|e| Self::io(&to, e))?;
+                sys::fchown(&fd, 0, 0).map_err(|e| Self::io(&to, e))?;
+                sys::fchmod(&fd, 0o755).map_err(|e| Self::io(&to, e))?;
+                self.dir_times.insert(to.clone(), (0, 0));
+                self.implied.insert(to.clone());
+                todo.insert(to.clone());
+            }
+            Err(e) => return Err(Self::io(&to, e)),
+        }
+        // Any new implied dirs on the way to `to` need settling too.
+        for p in self.implied.iter() {
+            if is_within(&to, p) {
+                todo.insert(p.clone());
+            }
+        }
+        let src_parent = self
+            .parent(from, Purpose::Lookup)?
+            .expect("implied dir exists");
+        let src = sys::openat_dir(&*src_parent.fd, last(from)).map_err(|e| Self::io(from, e))?;
+        let dst = sys::openat_dir(&*dst_parent.fd, name).map_err(|e| Self::io(&to, e))?;
+        self.merge_into(src.as_fd(), from, dst.as_fd(), &to, todo)?;
+        sys::unlinkat(&*src_parent.fd, last(from), true).map_err(|e| Self::io(from, e))?;
+        self.forget(from);
+        self.forget_cache();
+        Ok(())
+    }
+
+    /// Move every child of `src` into `dst`; dirs present in both merge, otherwise what is already
+    /// at the destination stays (a flat extraction would have written both to one place).
+    fn merge_into(
+        &mut self,
+        src: BorrowedFd<'_>,
+        from: &[u8],
+        dst: BorrowedFd<'_>,
+        to: &[u8],
+        todo: &mut BTreeSet<Vec<u8>>,
+    ) -> Result<()> {
+        for child in sys::read_dir_names(src).map_err(|e| Self::io(from, e))? {
+            let (cf, ct) = (join(from, &child), join(to, &child));
+            match sys::rename_noreplace(src, &child, dst, &child) {
+                Ok(()) => self.rekey(&cf, &ct, todo),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let s = sys::lstatat(src, &child).map_err(|e| Self::io(&cf, e))?;
+                    let d = sys::lstatat(dst, &child).map_err(|e| Self::io(&ct, e))?;
+                    if sys::file_type(&s) == FileType::Directory
+                        && sys::file_type(&d) == FileType::Directory
+                    {
+                        let s2 = sys::openat_dir(src, &child).map_err(|e| Self::io(&cf, e))?;
+                        let d2 = sys::openat_dir(dst, &child).map_err(|e| Self::io(&ct, e))?;
+                        self.merge_into(s2.as_fd(), &cf, d2.as_fd(), &ct, todo)?;
+                        sys::unlinkat(src, &child, true).map_err(|e| Self::io(&cf, e))?;
+                    } else {
+                        self.warnings.push(format!(
+                            "{}: also written as {}; kept {}",
+                            show(&cf),
+                            show(&ct),
+                            show(&ct)
+                        ));
+                        sys::remove_all_at(src, &child).map_err(|e| Self::io(&cf, e))?;
+                    }
+                    self.forget(&cf);
+                    todo.retain(|p| !is_within(p, &cf));
+                }
+                Err(e) => return Err(Self::io(&cf, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Paths under `from` now live under `to`.
+    fn rekey(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Vec<u8>>) {
+        let re = |p: &Vec<u8>| -> Vec<u8> {
+            if is_within(p, from) {
+                let mut v = to.to_vec();
+                v.extend_from_slice(&p[from.len()..]);
+                v
+            } else {
+                p.clone()
+            }
+        };
+        self.implied = self.implied.iter().map(re).collect();
+        self.opaque = self.opaque.iter().map(re).collect();
+        *todo = todo.iter().map(re).collect();
+        for (l, _) in self.links.iter_mut() {
+            *l = re(l);
+        }
+        let moved: Vec<(Vec<u8>, (i64, u32))> = self
+            .dir_times
+            .range(from.to_vec()..)
+            .take_while(|(p, _)| p.starts_with(from))
+            .filter(|(p, _)| is_within(p, from))
+            .map(|(p, t)| (p.clone(), *t))
+            .collect();
+        for (p, t) in moved {
+            self.dir_times.remove(&p);
+            self.dir_times.insert(re(&p), t);
+        }
+    }
+
+    /// Hardlinks whose targets only a lower layer has.
+    fn settle_links(&mut self, view: &LowerView) -> Result<()> {
+        let links = std::mem::take(&mut self.links);
+        let mut copied: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for (link, target) in links {
+            let bad = |d: String| Error::rejected(show(&link), Rule::Hardlink, d);
+            let lower = view.resolve(&target, false)?.ok_or_else(|| {
+                bad(format!(
+                    "target {} not found in this layer or below",
+                    show(&target)
+                ))
+            })?;
+            let lp = self.parent(&link, Purpose::Create)?.expect("created");
+            let lname = last(&link).to_vec();
+            // Something of this layer may stand at the link's own path (a later whiteout of it).
+            if let Ok(st) = sys::lstatat(&*lp.fd, &lname) {
+                if sys::file_type(&st) == FileType::Directory {
+                    continue;
+                }
+                sys::unlinkat(&*lp.fd, &lname, false).map_err(|e| Self::io(&link, e))?;
+            }
+            let own = self.parent(&lower, Purpose::Lookup)?;
+            let own_st = own
+                .as_ref()
+                .and_then(|p| sys::lstatat(&*p.fd, last(&lower)).ok());
+            match (own, own_st) {
+                (Some(p), Some(_)) if copied.contains(&lower) => {
+                    sys::linkat(&*p.fd, last(&lower), &*lp.fd, &lname)
+                        .map_err(|e| Self::io(&link, e))?;
+                }
+                (_, Some(st)) if sys::file_type(&st) == FileType::Directory => {
+                    return Err(bad(format!("target {} is a directory", show(&target))));
+                }
+                (_, Some(_)) => {
+                    // This layer replaced or deleted the target after linking to it: the link keeps
+                    // the lower content, as in a flat extraction.
+                    self.copy_from_lower(view, &lower, lp.fd.as_fd(), &lname, &link)?;
+                }
+                (_, None) => {
+                    let tp = self.parent(&lower, Purpose::Create)?.expect("created");
+                    let tname = last(&lower).to_vec();
+                    self.copy_from_lower(view, &lower, tp.fd.as_fd(), &tname, &lower)?;
+                    sys::linkat(&*tp.fd, &tname, &*lp.fd, &lname)
+                        .map_err(|e| Self::io(&link, e))?;
+                    copied.insert(lower.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the lower node at `lower` (a non-dir) to `name` in `dst`, data and attributes.
+    fn copy_from_lower(
+        &mut self,
+        view: &LowerView,
+        lower: &[u8],
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        shown: &[u8],
+    ) -> Result<()> {
+        let io = |e: io::Error| Self::io(shown, e);
+        let (layer, st) = match view.lookup(lower).map_err(io)? {
+            Found::Other { layer, st } => (layer, st),
+            Found::Dir { .. } => {
+                return Err(Error::rejected(
+                    show(shown),
+                    Rule::Hardlink,
+                    format!("target {} is a directory", show(lower)),
+                ))
+            }
+            Found::Absent => {
+                return Err(Error::rejected(
+                    show(shown),
+                    Rule::Hardlink,
+                    format!("target {} not found in this layer or below", show(lower)),
+                ))
+            }
+        };
+        let src = view.open_parent(layer, lower).map_err(io)?;
+        let sname = last(lower);
+        let xattrs = self.lower_xattrs(sys::lget_all_xattrs_at(src.as_fd(), sname).map_err(io)?);
+        let (uid, gid) = (u64::from(st.st_uid), u64::from(st.st_gid));
+        let mode = st.st_mode & 0o7777;
+        match sys::file_type(&st) {
+            FileType::RegularFile => {
+                let mut from = sys::open_file_at(&src, sname).map_err(io)?;
+                let mut to = sys::create_excl(dst, name).map_err(io)?;
+                std::io::copy(&mut from, &mut to).map_err(io)?;
+                sys::fchown(&to, uid, gid).map_err(io)?;
+                for (n, v) in &xattrs {
+                    sys::fsetxattr(&to, n, v).map_err(io)?;
+                }
+                sys::fchmod(&to, mode).map_err(io)?;
+                sys::futimens(&to, st.st_mtime, st.st_mtime_nsec as u32).map_err(io)?;
+                return Ok(());
+            }
+            FileType::Symlink => {
+                let t = sys::readlinkat(&src, sname).map_err(io)?;
+                sys::symlinkat(&t, dst, name).map_err(io)?;
+            }
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let (a, b) = sys::rdev(&st);
+                let node = if sys::file_type(&st) == FileType::CharacterDevice {
+                    Node::Char(a, b)
+                } else {
+                    Node::Block(a, b)
+                };
+                sys::mknodat(dst, name, node).map_err(io)?;
+            }
+            FileType::Fifo => sys::mknodat(dst, name, Node::Fifo).map_err(io)?,
+            _ => {
+                return Err(Error::rejected(
+                    show(shown),
+                    Rule::Hardlink,
+                    format!("target {} cannot be copied", show(lower)),
+                ))
+            }
+        }
+        sys::chownat_nofollow(dst, name, uid, gid).map_err(io)?;
+        for (n, v) in &xattrs {
+            sys::lsetxattr_at(dst, name, n, v).map_err(io)?;
+        }
+        if sys::file_type(&st) != FileType::Symlink {
+            sys::chmodat(dst, name, mode).map_err(io)?;
+        }
+        sys::utimensat_nofollow(dst, name, st.st_mtime, st.st_mtime_nsec as u32).map_err(io)
+    }
+}

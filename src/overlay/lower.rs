@@ -1,0 +1,214 @@
+//! Read-only lookups in the merged view of a stack of overlay-native layer dirs, as the kernel
+//! would show it (overlayfs.rst "Directories", "whiteouts and opaque directories"): a dir merges
+//! with the same dir below unless it is opaque; a non-dir or a char 0/0 whiteout hides everything
+//! below it at that path. Used by the store to settle what a layer's native form depends on.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::error::{Error, Result, Rule};
+use crate::overlay::write::join;
+use crate::overlay::Namespace;
+use crate::sys::{self, FileType, Stat};
+use crate::tar::entry::show;
+
+/// A stack of finished layer dirs.
+pub struct LowerView {
+    /// Diff dirs, topmost first.
+    layers: Vec<OwnedFd>,
+    ns: Namespace,
+}
+
+/// What the merged view has at a path (symlinks not followed).
+pub enum Found {
+    /// A directory; `layer` is the topmost layer that has it (its attributes are the merged ones).
+    Dir {
+        /// Index into the stack, topmost first.
+        layer: usize,
+        /// Its stat.
+        st: Stat,
+    },
+    /// A non-directory from `layer`.
+    Other {
+        /// Index into the stack.
+        layer: usize,
+        /// Its stat.
+        st: Stat,
+    },
+    /// Nothing (never there, or whited out).
+    Absent,
+}
+
+fn is_whiteout(st: &Stat) -> bool {
+    sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
+}
+
+impl LowerView {
+    /// A view of `layers` (diff dir fds, topmost first) whose markers live in `ns`.
+    pub fn new(layers: Vec<OwnedFd>, ns: Namespace) -> Self {
+        LowerView { layers, ns }
+    }
+
+    /// Nothing below.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    fn opaque(&self, fd: &OwnedFd) -> io::Result<bool> {
+        Ok(sys::fgetxattr(fd.as_fd(), &self.ns.name("opaque"))?.as_deref() == Some(b"y"))
+    }
+
+    /// What is at `path` (no symlink followed, not even in parents: a lower symlink parent means the
+    /// merged view has no dir there).
+    pub fn lookup(&self, path: &[u8]) -> io::Result<Found> {
+        if self.layers.is_empty() {
+            return Ok(Found::Absent);
+        }
+        let mut active: Vec<(usize, OwnedFd)> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            active.push((i, l.try_clone()?));
+            if path.is_empty() {
+                break;
+            }
+        }
+        if path.is_empty() {
+            let st = sys::fstat(&self.layers[0])?;
+            return Ok(Found::Dir { layer: 0, st });
+        }
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        for (k, comp) in comps.iter().enumerate() {
+            let last = k + 1 == comps.len();
+            let mut next: Vec<(usize, OwnedFd)> = Vec::new();
+            let mut top_dir: Option<(usize, Stat)> = None;
+            for (i, fd) in &active {
+                let st = match sys::lstatat(fd, comp) {
+                    Ok(st) => st,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if is_whiteout(&st) {
+                    break;
+                }
+                if sys::file_type(&st) != FileType::Directory {
+                    if next.is_empty() {
+                        return Ok(if last {
+                            Found::Other { layer: *i, st }
+                        } else {
+                            Found::Absent
+                        });
+                    }
+                    break;
+                }
+                let sub = sys::openat_dir(fd, comp)?;
+                let opaque = self.opaque(&sub)?;
+                top_dir.get_or_insert((*i, st));
+                next.push((*i, sub));
+                if opaque {
+                    break;
+                }
+            }
+            match top_dir {
+                None => return Ok(Found::Absent),
+                Some((layer, st)) if last => return Ok(Found::Dir { layer, st }),
+                Some(_) => active = next,
+            }
+        }
+        unreachable!("the last component returns")
+    }
+
+    /// `path` with every symlink on the way resolved inside the root (the final one too when
+    /// `follow_last`), as a flat extraction of the stack would resolve it. `None` when a parent is
+    /// missing or not a dir.
+    pub fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
+        let mut todo: VecDeque<Vec<u8>> = path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    names.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let here = join(&names.join(&b'/'), &c);
+            let last = todo.is_empty();
+            match self.lookup(&here).map_err(|e| Error::io(show(&here), e))? {
+                Found::Dir { .. } => names.push(c),
+                Found::Other { layer, st }
+                    if sys::file_type(&st) == FileType::Symlink && (!last || follow_last) =>
+                {
+                    links += 1;
+                    if links > 40 {
+                        return Err(Error::rejected(show(path), Rule::SymlinkLoop, show(&here)));
+                    }
+                    let target = self
+                        .read_link(layer, &here)
+                        .map_err(|e| Error::io(show(&here), e))?;
+                    if target.starts_with(b"/") {
+                        names.clear();
+                    }
+                    for t in target.split(|&b| b == b'/').rev() {
+                        todo.push_front(t.to_vec());
+                    }
+                }
+                _ if last => names.push(c),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(names.join(&b'/')))
+    }
+
+    /// The parent dir of `path` inside layer `layer` (the path has no symlinks there).
+    pub fn open_parent(&self, layer: usize, path: &[u8]) -> io::Result<OwnedFd> {
+        let mut fd = self.layers[layer].try_clone()?;
+        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            fd = sys::openat_dir(&fd, c)?;
+        }
+        Ok(fd)
+    }
+
+    /// The dir `path` itself inside layer `layer`.
+    pub fn open_dir(&self, layer: usize, path: &[u8]) -> io::Result<OwnedFd> {
+        if path.is_empty() {
+            return self.layers[layer].try_clone();
+        }
+        let parent = self.open_parent(layer, path)?;
+        sys::openat_dir(&parent, last(path))
+    }
+
+    fn read_link(&self, layer: usize, path: &[u8]) -> io::Result<Vec<u8>> {
+        let parent = self.open_parent(layer, path)?;
+        sys::readlinkat(&parent, last(path))
+    }
+
+    /// Names visible at the top level of the merged view.
+    pub fn root_names(&self) -> io::Result<Vec<Vec<u8>>> {
+        let mut seen: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for l in &self.layers {
+            for name in sys::read_dir_names(l)? {
+                if seen.contains_key(&name) {
+                    continue;
+                }
+                let st = sys::lstatat(l, &name)?;
+                seen.insert(name, !is_whiteout(&st));
+            }
+        }
+        Ok(seen
+            .into_iter()
+            .filter(|(_, v)| *v)
+            .map(|(k, _)| k)
+            .collect())
+    }
+}
+
+/// Last component of a path.
+pub fn last(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}

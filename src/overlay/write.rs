@@ -1,0 +1,764 @@
+//! The overlay-native layer writer: a [`Sink`] that materialises a changeset inside one layer dir.
+//! It is the only code that creates files from untrusted input.
+//!
+//! Confinement: every parent path is resolved inside the layer root, one component at a time from an
+//! open directory with `O_NOFOLLOW` (or in one `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)` when no
+//! symlink is on the way); a symlink met on the way is read and resolved *inside the root* (chroot
+//! semantics: `/` and `..` stop at the layer root); the final component is never followed. So no
+//! entry, whatever names and links the tar plants, can create or change anything outside the root.
+//!
+//! Markers (semantics.md A2): a whiteout becomes a char 0/0 device, an opaque marker the
+//! `<ns>.overlay.opaque=y` xattr. Both only concern the layers below: content of this layer
+//! survives them whatever the order, a whited-out name re-created as a dir becomes an opaque dir, and
+//! no whiteout is ever left below a same-layer opaque dir (the kernel would list it as a ghost).
+//!
+//! What needs the lower layers (implied dirs' attributes, parents through a lower symlink, hardlinks
+//! to lower files, an opaque root) is recorded here and settled by `overlay::fixup` once the lowers are
+//! complete; without lowers (`--into`) those cases get defaults or are refused.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::entry::{Entry, Kind, Meta, Sink};
+use crate::error::{Error, Result, Rule};
+use crate::overlay::Namespace;
+use crate::sys::{self, FileType, Node};
+use crate::tar::entry::show;
+
+/// Symlinks followed while resolving one parent path before giving up (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+/// How a parent path is being resolved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// For an entry: missing dirs are created (implied), a same-layer whiteout on the way becomes an
+    /// opaque dir, a same-layer non-dir on the way is an error.
+    Create,
+    /// For a whiteout: as `Create`, but a same-layer non-dir or whiteout on the way means the path is
+    /// already gone: nothing to do.
+    Whiteout,
+    /// For reading (hardlink targets, dir times): nothing is created.
+    Lookup,
+}
+
+/// A resolved parent directory.
+pub(crate) struct Parent {
+    pub fd: Arc<OwnedFd>,
+    /// Its path inside the layer, symlinks resolved ("" = the root).
+    pub path: Vec<u8>,
+}
+
+/// Writes one layer. See the module docs.
+pub struct LayerWriter {
+    pub(crate) root: Arc<OwnedFd>,
+    pub(crate) ns: Namespace,
+    /// Lowers will be known later (`--store`): defer what needs them instead of refusing.
+    pub(crate) deferred: bool,
+    /// Dirs this layer writes into without an entry of their own (resolved paths).
+    pub(crate) implied: BTreeSet<Vec<u8>>,
+    /// Dirs marked opaque in this layer.
+    pub(crate) opaque: BTreeSet<Vec<u8>>,
+    /// Hardlinks whose target is not in this layer: (link path, target path), in stream order.
+    pub(crate) links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A `.wh..wh..opq` at the root was seen.
+    pub(crate) root_opaque: bool,
+    /// The tar had an entry for the root itself.
+    pub(crate) root_explicit: bool,
+    /// Every dir's final mtime, set last (creating children changes it).
+    pub(crate) dir_times: BTreeMap<Vec<u8>, (i64, u32)>,
+    pub(crate) warnings: Vec<String>,
+    cache: Option<(Vec<u8>, Parent)>,
+    buf: Vec<u8>,
+    selinux_warned: bool,
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], path),
+    }
+}
+
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
+    v.extend_from_slice(dir);
+    if !v.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+/// `p` is `base` or below it.
+pub(crate) fn is_within(p: &[u8], base: &[u8]) -> bool {
+    base.is_empty() || p == base || (p.starts_with(base) && p.get(base.len()) == Some(&b'/'))
+}
+
+fn is_whiteout(st: &sys::Stat) -> bool {
+    sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
+}
+
+fn exists(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AlreadyExists
+}
+
+impl LayerWriter {
+    /// A writer into the empty directory `root`. With `deferred`, what needs the lower layers is
+    /// recorded for [`LayerWriter::fix_against`](crate::overlay::fixup); without, it is refused.
+    pub fn new(root: OwnedFd, ns: Namespace, deferred: bool) -> Self {
+        let mut dir_times = BTreeMap::new();
+        dir_times.insert(Vec::new(), (0, 0));
+        LayerWriter {
+            root: Arc::new(root),
+            ns,
+            deferred,
+            implied: BTreeSet::new(),
+            opaque: BTreeSet::new(),
+            links: Vec::new(),
+            root_opaque: false,
+            root_explicit: false,
+            dir_times,
+            warnings: Vec::new(),
+            cache: None,
+            buf: vec![0; 1 << 20],
+            selinux_warned: false,
+        }
+    }
+
+    pub(crate) fn io(path: &[u8], e: io::Error) -> Error {
+        Error::io(show(path), e)
+    }
+
+    pub(crate) fn forget_cache(&mut self) {
+        self.cache = None;
+    }
+
+    /// Resolve the parent of `path` inside the layer. `None`: for `Lookup`, it does not exist; for
+    /// `Whiteout`, there is nothing to white out.
+    pub(crate) fn parent(&mut self, path: &[u8], purpose: Purpose) -> Result<Option<Parent>> {
+        let (dir, _) = split(path);
+        if dir.is_empty() {
+            return Ok(Some(Parent {
+                fd: self.root.clone(),
+                path: Vec::new(),
+            }));
+        }
+        if let Some((key, p)) = &self.cache {
+            if key.as_slice() == dir {
+                return Ok(Some(Parent {
+                    fd: p.fd.clone(),
+                    path: p.path.clone(),
+                }));
+            }
+        }
+        let found = match sys::openat2_dir_beneath(&*self.root, dir) {
+            Ok(Some(fd)) => Some(Parent {
+                fd: Arc::new(fd),
+                path: dir.to_vec(),
+            }),
+            // Missing, not a dir, a symlink on the way, or no openat2: the walk sorts it out.
+            Ok(None) | Err(_) => self.walk(dir, path, purpose)?,
+        };
+        if let Some(p) = &found {
+            self.cache = Some((
+                dir.to_vec(),
+                Parent {
+                    fd: p.fd.clone(),
+                    path: p.path.clone(),
+                },
+            ));
+        }
+        Ok(found)
+    }
+
+    fn walk(&mut self, dir: &[u8], entry: &[u8], purpose: Purpose) -> Result<Option<Parent>> {
+        let mut todo: VecDeque<Vec<u8>> = dir.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut fds: Vec<Arc<OwnedFd>> = vec![self.root.clone()];
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    // Only symlink targets bring `..`; at the root it stays at the root.
+                    if names.pop().is_some() {
+                        fds.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let cur = fds.last().expect("root").clone();
+            let here = join(&names.join(&b'/'), &c);
+            match sys::openat_dir(&*cur, &c) {
+                Ok(fd) => {
+                    fds.push(Arc::new(fd));
+                    names.push(c);
+                    continue;
+                }
+                Err(e)
+                    if e.kind() != io::ErrorKind::NotFound
+                        && e.raw_os_error() != Some(20)
+                        && e.raw_os_error() != Some(40) =>
+                {
+                    return Err(Self::io(&here, e));
+                }
+                Err(_) => {}
+            }
+            let st = match sys::lstatat(&*cur, &c) {
+                Ok(st) => Some(st),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Self::io(&here, e)),
+            };
+            match st {
+                None => {
+                    if purpose == Purpose::Lookup {
+                        return Ok(None);
+                    }
+                    self.make_dir(cur.as_fd(), &c, &here, false)?;
+                    self.implied.insert(here.clone());
+                }
+                Some(st) if sys::file_type(&st) == FileType::Symlink => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&here)));
+                    }
+                    let target = sys::readlinkat(&*cur, &c).map_err(|e| Self::io(&here, e))?;
+                    if target.starts_with(b"/") {
+                        names.clear();
+                        fds.truncate(1);
+                    }
+                    for t in target.split(|&b| b == b'/').rev() {
+                        todo.push_front(t.to_vec());
+                    }
+                    continue;
+                }
+                Some(st) if is_whiteout(&st) && purpose == Purpose::Create => {
+                    // `.wh.X` then `X/child`: X is re-created by this layer, hiding the lower X.
+                    sys::unlinkat(&*cur, &c, false).map_err(|e| Self::io(&here, e))?;
+                    self.make_dir(cur.as_fd(), &c, &here, true)?;
+                }
+                Some(_) => {
+                    return match purpose {
+                        Purpose::Create => Err(Error::rejected(
+                            show(entry),
+                            Rule::NotDir,
+                            format!("{} is not a directory", show(&here)),
+                        )),
+                        _ => Ok(None),
+                    };
+                }
+            }
+            let fd = sys::openat_dir(&*cur, &c).map_err(|e| Self::io(&here, e))?;
+            fds.push(Arc::new(fd));
+            names.push(c);
+        }
+        Ok(Some(Parent {
+            fd: fds.pop().expect("root"),
+            path: names.join(&b'/'),
+        }))
+    }
+
+    /// A dir with default attributes (0755 root:root, mtime 0), optionally opaque.
+    fn make_dir(
+        &mut self,
+        at: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        opaque: bool,
+    ) -> Result<()> {
+        sys::mkdirat(at, name, 0o700).map_err(|e| Self::io(path, e))?;
+        let fd = sys::openat_dir(at, name).map_err(|e| Self::io(path, e))?;
+        sys::fchown(&fd, 0, 0).map_err(|e| Self::io(path, e))?;
+        sys::fchmod(&fd, 0o755).map_err(|e| Self::io(path, e))?;
+        if opaque {
+            self.set_opaque(fd.as_fd(), path)?;
+        }
+        self.dir_times.insert(path.to_vec(), (0, 0));
+        Ok(())
+    }
+
+    pub(crate) fn set_opaque(&mut self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
+        sys::fsetxattr(fd, &self.ns.name("opaque"), b"y").map_err(|e| Self::io(path, e))?;
+        self.opaque.insert(path.to_vec());
+        Ok(())
+    }
+
+    fn under_opaque(&self, dir: &[u8]) -> bool {
+        if self.root_opaque {
+            return true;
+        }
+        if self.opaque.is_empty() {
+            return false;
+        }
+        let mut p: &[u8] = dir;
+        loop {
+            if self.opaque.contains(p) {
+                return true;
+            }
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => p = &p[..i],
+                None => return false,
+            }
+        }
+    }
+
+    /// Remove every whiteout this layer made below `fd` (an opaque dir must not contain any).
+    pub(crate) fn remove_whiteouts_below(&mut self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
+        for name in sys::read_dir_names(fd).map_err(|e| Self::io(path, e))? {
+            let p = join(path, &name);
+            let st = sys::lstatat(fd, &name).map_err(|e| Self::io(&p, e))?;
+            if is_whiteout(&st) {
+                sys::unlinkat(fd, &name, false).map_err(|e| Self::io(&p, e))?;
+            } else if sys::file_type(&st) == FileType::Directory {
+                let sub = sys::openat_dir(fd, &name).map_err(|e| Self::io(&p, e))?;
+                self.remove_whiteouts_below(sub.as_fd(), &p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop the bookkeeping of `path` and everything below it (it was removed or replaced).
+    pub(crate) fn forget(&mut self, path: &[u8]) {
+        self.implied.retain(|p| !is_within(p, path));
+        self.opaque.retain(|p| !is_within(p, path));
+        self.links.retain(|(l, _)| !is_within(l, path));
+        let below: Vec<Vec<u8>> = self
+            .dir_times
+            .range(path.to_vec()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .filter(|(p, _)| is_within(p, path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in below {
+            self.dir_times.remove(&p);
+        }
+    }
+
+    /// Make room for a new non-dir at `name`: whatever this layer has there goes (last wins).
+    /// Returns whether the old node was a whiteout (replacing one is normal, not a duplicate).
+    fn clear(&mut self, at: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<()> {
+        let st = match sys::lstatat(at, name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Self::io(path, e)),
+        };
+        if is_whiteout(&st) {
+            return sys::unlinkat(at, name, false).map_err(|e| Self::io(path, e));
+        }
+        let implied = self.implied.contains(path);
+        if !implied {
+            self.warnings.push(format!(
+                "{}: duplicate entry, the later one wins",
+                show(path)
+            ));
+        }
+        if sys::file_type(&st) == FileType::Directory {
+            sys::remove_all_at(at, name).map_err(|e| Self::io(path, e))?;
+            self.forget_cache();
+        } else {
+            sys::unlinkat(at, name, false).map_err(|e| Self::io(path, e))?;
+        }
+        self.forget(path);
+        Ok(())
+    }
+
+    /// Run `make` to create `name`; if something is in the way, clear it and try once more.
+    fn create<T>(
+        &mut self,
+        at: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        mut make: impl FnMut() -> io::Result<T>,
+    ) -> Result<T> {
+        match make() {
+            Ok(t) => Ok(t),
+            Err(e) if exists(&e) => {
+                self.clear(at, name, path)?;
+                make().map_err(|e| Self::io(path, e))
+            }
+            Err(e) => Err(Self::io(path, e)),
+        }
+    }
+
+    /// The on-disk name of a tar xattr, or `None` to skip it. The active namespace's overlay names
+    /// are escaped one level (overlayfs.rst "Nesting overlayfs mounts"), so a layer can never plant
+    /// a marker the kernel would obey.
+    fn disk_xattr(&mut self, name: &[u8]) -> Option<Vec<u8>> {
+        if name == b"security.selinux" {
+            if !self.selinux_warned {
+                self.selinux_warned = true;
+                self.warnings.push(
+                    "security.selinux xattrs skipped: labels are assigned by the host's policy"
+                        .into(),
+                );
+            }
+            return None;
+        }
+        let prefix = self.ns.prefix();
+        match name.strip_prefix(prefix) {
+            Some(rest) => {
+                let mut v = prefix.to_vec();
+                v.extend_from_slice(b"overlay.");
+                v.extend_from_slice(rest);
+                Some(v)
+            }
+            None => Some(name.to_vec()),
+        }
+    }
+
+    /// Set one xattr; `user.*` where the kernel refuses it (symlinks, devices) and filesystems
+    /// without xattrs are skipped with a warning, anything else fails the entry.
+    fn set_xattr(
+        &mut self,
+        path: &[u8],
+        name: &[u8],
+        value: &[u8],
+        set: impl FnOnce(&[u8], &[u8]) -> io::Result<()>,
+    ) -> Result<()> {
+        let Some(disk) = self.disk_xattr(name) else {
+            return Ok(());
+        };
+        match set(&disk, value) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(e.raw_os_error(), Some(1) | Some(95)) && name.starts_with(b"user.") =>
+            {
+                self.warnings.push(format!(
+                    "{}: xattr {} skipped: {e}",
+                    show(path),
+                    String::from_utf8_lossy(name)
+                ));
+                Ok(())
+            }
+            Err(e) => Err(Error::io(
+                format!("{} (xattr {})", show(path), String::from_utf8_lossy(name)),
+                e,
+            )),
+        }
+    }
+
+    /// Owner, xattrs, mode (after chown, which clears setuid), then times; dirs' times are deferred.
+    fn meta_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &[u8],
+        meta: &Meta,
+        dir: bool,
+        existed: bool,
+    ) -> Result<()> {
+        sys::fchown(fd, meta.uid, meta.gid).map_err(|e| Self::io(path, e))?;
+        if existed {
+            // Dir over dir: the later entry's xattrs replace the earlier ones; markers stay.
+            let keep: Vec<Vec<u8>> = meta
+                .xattrs
+                .iter()
+                .filter_map(|(n, _)| self.disk_xattr(n))
+                .collect();
+            let marker = self.ns.name("opaque");
+            for (n, _) in sys::fget_all_xattrs(fd).map_err(|e| Self::io(path, e))? {
+                if n != marker && n != b"security.selinux" && !keep.contains(&n) {
+                    sys::fremovexattr(fd, &n).map_err(|e| Self::io(path, e))?;
+                }
+            }
+        }
+        for (n, v) in &meta.xattrs {
+            self.set_xattr(path, n, v, |n, v| sys::fsetxattr(fd, n, v))?;
+        }
+        sys::fchmod(fd, meta.mode).map_err(|e| Self::io(path, e))?;
+        if dir {
+            self.dir_times
+                .insert(path.to_vec(), (meta.mtime, meta.mtime_nsec));
+            Ok(())
+        } else {
+            sys::futimens(fd, meta.mtime, meta.mtime_nsec).map_err(|e| Self::io(path, e))
+        }
+    }
+
+    /// The same for nodes that cannot be opened (symlinks, devices, fifos).
+    fn meta_at(
+        &mut self,
+        at: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta,
+        symlink: bool,
+    ) -> Result<()> {
+        sys::chownat_nofollow(at, name, meta.uid, meta.gid).map_err(|e| Self::io(path, e))?;
+        for (n, v) in &meta.xattrs {
+            self.set_xattr(path, n, v, |n, v| sys::lsetxattr_at(at, name, n, v))?;
+        }
+        if !symlink {
+            sys::chmodat(at, name, meta.mode).map_err(|e| Self::io(path, e))?;
+        }
+        sys::utimensat_nofollow(at, name, meta.mtime, meta.mtime_nsec)
+            .map_err(|e| Self::io(path, e))
+    }
+
+    fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        if self.root_opaque {
+            return Ok(());
+        }
+        let Some(p) = self.parent(path, Purpose::Whiteout)? else {
+            return Ok(());
+        };
+        if self.under_opaque(&p.path) {
+            return Ok(());
+        }
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        match sys::lstatat(&*p.fd, name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                sys::mknodat(&*p.fd, name, Node::Char(0, 0)).map_err(|e| Self::io(&rpath, e))
+            }
+            Err(e) => Err(Self::io(&rpath, e)),
+            Ok(st) if sys::file_type(&st) == FileType::Directory => {
+                // A dir of this layer survives its own whiteout, replacing the lower one.
+                let fd = sys::openat_dir(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
+                self.set_opaque(fd.as_fd(), &rpath)?;
+                self.remove_whiteouts_below(fd.as_fd(), &rpath)
+            }
+            // Already a whiteout, or a non-dir of this layer, which hides the lower path anyway.
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn opaque_marker(&mut self, path: &[u8]) -> Result<()> {
+        if path.is_empty() {
+            if !self.deferred {
+                return Err(Error::rejected(".wh..wh..opq", Rule::RootOpaque, ""));
+            }
+            self.root_opaque = true;
+            let root = self.root.clone();
+            return self.remove_whiteouts_below(root.as_fd(), b"");
+        }
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        let st = match sys::lstatat(&*p.fd, name) {
+            Ok(st) => Some(st),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::io(&rpath, e)),
+        };
+        match st {
+            Some(st) if sys::file_type(&st) == FileType::Directory => {}
+            Some(st) => {
+                let was_whiteout = is_whiteout(&st);
+                self.clear(p.fd.as_fd(), name, &rpath)?;
+                self.make_dir(p.fd.as_fd(), name, &rpath, false)?;
+                if !was_whiteout {
+                    self.implied.insert(rpath.clone());
+                }
+            }
+            None => {
+                self.make_dir(p.fd.as_fd(), name, &rpath, false)?;
+                self.implied.insert(rpath.clone());
+            }
+        }
+        let fd = sys::openat_dir(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
+        self.set_opaque(fd.as_fd(), &rpath)?;
+        self.remove_whiteouts_below(fd.as_fd(), &rpath)
+    }
+
+    fn dir(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
+        if path.is_empty() {
+            self.root_explicit = true;
+            let root = self.root.clone();
+            return self.meta_fd(root.as_fd(), b"", meta, true, true);
+        }
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        let mut existed = false;
+        let mut opaque = false;
+        if let Err(e) = sys::mkdirat(&*p.fd, name, 0o700) {
+            if !exists(&e) {
+                return Err(Self::io(&rpath, e));
+            }
+            let st = sys::lstatat(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
+            if sys::file_type(&st) == FileType::Directory {
+                existed = true;
+                if !self.implied.remove(&rpath) {
+                    self.warnings.push(format!(
+                        "{}: duplicate entry, the later one wins",
+                        show(&rpath)
+                    ));
+                }
+            } else {
+                opaque = is_whiteout(&st);
+                self.clear(p.fd.as_fd(), name, &rpath)?;
+                sys::mkdirat(&*p.fd, name, 0o700).map_err(|e| Self::io(&rpath, e))?;
+            }
+        }
+        let fd = sys::openat_dir(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
+        if opaque {
+            self.set_opaque(fd.as_fd(), &rpath)?;
+        }
+        self.meta_fd(fd.as_fd(), &rpath, meta, true, existed)
+    }
+
+    fn file(&mut self, path: &[u8], meta: &Meta, size: u64, data: &mut dyn Read) -> Result<()> {
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        let fd = p.fd.clone();
+        let mut f = self.create(fd.as_fd(), name, &rpath, || sys::create_excl(&*fd, name))?;
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = match data.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(Error::rejected(
+                        show(&rpath),
+                        Rule::MalformedTar,
+                        "truncated entry data",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(Error::rejected(
+                        show(&rpath),
+                        Rule::MalformedTar,
+                        e.to_string(),
+                    ))
+                }
+                Err(e) => return Err(Self::io(&rpath, e)),
+            };
+            f.write_all(&self.buf[..n])
+                .map_err(|e| Self::io(&rpath, e))?;
+            left -= n as u64;
+        }
+        self.meta_fd(f.as_fd(), &rpath, meta, false, false)
+    }
+
+    fn symlink(&mut self, path: &[u8], meta: &Meta, target: &[u8]) -> Result<()> {
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        let fd = p.fd.clone();
+        self.create(fd.as_fd(), name, &rpath, || {
+            sys::symlinkat(target, &*fd, name)
+        })?;
+        self.meta_at(fd.as_fd(), name, &rpath, meta, true)
+    }
+
+    fn node(&mut self, path: &[u8], meta: &Meta, node: Node) -> Result<()> {
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        let fd = p.fd.clone();
+        self.create(fd.as_fd(), name, &rpath, || sys::mknodat(&*fd, name, node))?;
+        self.meta_at(fd.as_fd(), name, &rpath, meta, false)
+    }
+
+    fn hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        let t = self.parent(target, Purpose::Lookup)?;
+        let (_, tname) = split(target);
+        let tst = match &t {
+            Some(t) => match sys::lstatat(&*t.fd, tname) {
+                Ok(st) => Some(st),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Self::io(target, e)),
+            },
+            None => None,
+        };
+        let p = self.parent(path, Purpose::Create)?.expect("created");
+        let (_, name) = split(path);
+        let rpath = join(&p.path, name);
+        match (t, tst) {
+            (_, Some(st)) if sys::file_type(&st) == FileType::Directory => Err(Error::rejected(
+                show(path),
+                Rule::Hardlink,
+                format!("target {} is a directory", show(target)),
+            )),
+            (Some(t), Some(st)) if !is_whiteout(&st) => {
+                if join(&t.path, tname) == rpath {
+                    self.warnings
+                        .push(format!("{}: hardlink to itself ignored", show(&rpath)));
+                    return Ok(());
+                }
+                let fd = p.fd.clone();
+                self.create(fd.as_fd(), name, &rpath, || {
+                    sys::linkat(&*t.fd, tname, &*fd, name)
+                })
+            }
+            _ if self.deferred => {
+                // Only a lower layer can have it: settled once the lowers are complete.
+                let fd = p.fd.clone();
+                self.clear(fd.as_fd(), name, &rpath)?;
+                let resolved = self
+                    .links
+                    .iter()
+                    .find(|(l, _)| l.as_slice() == target)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_else(|| target.to_vec());
+                self.links.push((rpath, resolved));
+                Ok(())
+            }
+            _ => Err(Error::rejected(
+                show(path),
+                Rule::Hardlink,
+                format!(
+                    "target {} is not in this layer (it must come earlier in the tar)",
+                    show(target)
+                ),
+            )),
+        }
+    }
+
+    /// Set every directory's time, last, so that creating children cannot disturb them; default
+    /// attributes for a root the tar did not describe.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        if !self.root_explicit {
+            let root = self.root.clone();
+            sys::fchown(&*root, 0, 0).map_err(|e| Self::io(b"", e))?;
+            sys::fchmod(&*root, 0o755).map_err(|e| Self::io(b"", e))?;
+        }
+        if !self.links.is_empty() {
+            let (l, t) = &self.links[0];
+            return Err(Error::rejected(
+                show(l),
+                Rule::Hardlink,
+                format!("target {} is not in this layer", show(t)),
+            ));
+        }
+        let times = std::mem::take(&mut self.dir_times);
+        for (path, (s, ns)) in times {
+            if path.is_empty() {
+                sys::futimens(&*self.root, s, ns).map_err(|e| Self::io(b"", e))?;
+                continue;
+            }
+            let Some(p) = self.parent(&path, Purpose::Lookup)? else {
+                continue;
+            };
+            let (_, name) = split(&path);
+            match sys::utimensat_nofollow(&*p.fd, name, s, ns) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io(&path, e)),
+            }
+        }
+        Ok(self.warnings)
+    }
+}
+
+impl Sink for LayerWriter {
+    fn put(&mut self, e: &Entry, data: &mut dyn Read) -> Result<()> {
+        match &e.kind {
+            Kind::Whiteout => self.whiteout(&e.path),
+            Kind::Opaque => self.opaque_marker(&e.path),
+            Kind::Dir => self.dir(&e.path, &e.meta),
+            Kind::File { size } => self.file(&e.path, &e.meta, *size, data),
+            Kind::Symlink { target } => self.symlink(&e.path, &e.meta, target),
+            Kind::Hardlink { target } => self.hardlink(&e.path, target),
+            Kind::Char { major, minor } => self.node(&e.path, &e.meta, Node::Char(*major, *minor)),
+            Kind::Block { major, minor } => {
+                self.node(&e.path, &e.meta, Node::Block(*major, *minor))
+            }
+            Kind::Fifo => self.node(&e.path, &e.meta, Node::Fifo),
+        }
+    }
+}

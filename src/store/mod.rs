@@ -1,0 +1,417 @@
+//! The store job: a stack of layer tars becomes overlay-native layers in an overlay2-style store
+//! (layout in [`layout`]), unpacked concurrently and committed bottom-up.
+//!
+//! ```text
+//! workers (-j): layer k -> staging/<run>/<k>/diff     (apply::unpack, all layers at once)
+//! main thread, k = 0, 1, ...: wait for k -> settle against the lowers (overlay::fixup)
+//!                             -> chainID -> lock; rename to <id>, link, l/SHORT; unlock
+//! ```
+//! Safety: a layer is renamed into place only when complete, under `.layerkit/lock`, with
+//! `RENAME_NOREPLACE`; an id already present is reused and never touched. Each run stages under its
+//! own dir, held by an exclusive `flock` for the run's lifetime; a run finds the staging dirs whose
+//! lock nobody holds (their run died) and removes them. So a crash leaves nothing under a real id,
+//! and concurrent runs on one store never see each other's half layers.
+
+pub mod layout;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_channel::unbounded;
+use sha2::{Digest as _, Sha256};
+
+use crate::apply::{
+    default_jobs, escape_lowerdir, unpack, ApplyOptions, ApplyReport, Digests, Input, LayerReport,
+    Source,
+};
+use crate::digest::{self, chain_id};
+use crate::error::{Error, Result};
+use crate::overlay::lower::LowerView;
+use crate::overlay::write::LayerWriter;
+use crate::sys;
+
+const STATE: &[u8] = b".layerkit";
+
+/// An open store.
+struct Store {
+    path: PathBuf,
+    fd: OwnedFd,
+    state: OwnedFd,
+    staging: OwnedFd,
+    blobs: OwnedFd,
+    links: OwnedFd,
+    lock: OwnedFd,
+}
+
+/// Held while the store's shared state (ids, `l/`, staging dirs) changes.
+struct Locked<'a>(&'a OwnedFd);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+impl Store {
+    fn open(path: &Path) -> Result<Store> {
+        let e = |err: io::Error| Error::io(path, err);
+        sys::mkdir_p(path, 0o710).map_err(e)?;
+        let fd = sys::open_dir(path).map_err(e)?;
+        let sub = |at: &OwnedFd, name: &[u8], mode: u32| -> Result<OwnedFd> {
+            sys::mkdirat_exist_ok(at, name, mode).map_err(e)?;
+            sys::openat_dir(at, name).map_err(e)
+        };
+        let links = sub(&fd, b"l", 0o700)?;
+        let state = sub(&fd, STATE, 0o700)?;
+        let staging = sub(&state, b"staging", 0o700)?;
+        let blobs = sub(&state, b"blobs", 0o700)?;
+        let lock = sys::open_lock_file(&state, b"lock").map_err(e)?;
+        Ok(Store {
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            fd,
+            state,
+            staging,
+            blobs,
+            links,
+            lock,
+        })
+    }
+
+    fn lock(&self) -> Result<Locked<'_>> {
+        sys::flock(&self.lock, true, false).map_err(|e| Error::io(&self.path, e))?;
+        Ok(Locked(&self.lock))
+    }
+
+    /// Remove staging dirs whose run is gone (nobody holds their lock). Called under the lock.
+    fn clean_orphans(&self) {
+        for name in sys::read_dir_names(&self.staging).unwrap_or_default() {
+            let orphan = match sys::openat_dir(&self.staging, &name)
+                .and_then(|d| sys::open_lock_file(&d, b"lock"))
+            {
+                Ok(l) => sys::flock(&l, true, true).unwrap_or(false),
+                Err(_) => true,
+            };
+            if orphan {
+                let _ = sys::remove_all_at(self.staging.as_fd(), &name);
+            }
+        }
+    }
+
+    /// The diffID recorded for a blob digest by an earlier run.
+    fn known_diff_id(&self, blob: &str) -> Option<String> {
+        let v = sys::read_file_at(&self.blobs, layout::id(blob).as_bytes()).ok()?;
+        let s = String::from_utf8(v).ok()?;
+        (s.starts_with("sha256:") && s.len() == 71).then_some(s)
+    }
+
+    fn has(&self, id: &str) -> bool {
+        sys::openat_dir(&self.fd, id.as_bytes())
+            .and_then(|d| sys::openat_dir(&d, b"diff"))
+            .is_ok()
+    }
+
+    fn diff_dir(&self, id: &str) -> Result<OwnedFd> {
+        let p = self.path.join(id).join("diff");
+        sys::openat_dir(&self.fd, id.as_bytes())
+            .and_then(|d| sys::openat_dir(&d, b"diff"))
+            .map_err(|e| Error::io(p, e))
+    }
+
+    /// `link` and `lower` of a committed layer; re-creates `l/SHORT` if a crash lost it.
+    fn names_of(&self, id: &str) -> Result<(String, Option<String>)> {
+        let p = self.path.join(id);
+        let d = sys::openat_dir(&self.fd, id.as_bytes()).map_err(|e| Error::io(&p, e))?;
+        let link = sys::read_file_at(&d, b"link").map_err(|e| Error::io(p.join("link"), e))?;
+        if !layout::is_link_name(&link) {
+            return Err(Error::io(
+                p.join("link"),
+                io::Error::new(io::ErrorKind::InvalidData, "not a 26-char link name"),
+            ));
+        }
+        let lower = sys::read_file_at(&d, b"lower")
+            .ok()
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let link = String::from_utf8_lossy(&link).into_owned();
+        if sys::lstatat(&self.links, link.as_bytes()).is_err() {
+            let _guard = self.lock()?;
+            let target = format!("../{id}/diff");
+            let _ = sys::symlinkat(target.as_bytes(), &self.links, link.as_bytes());
+        }
+        Ok((link, lower))
+    }
+
+    /// Put the staged layer `run/<k>` in place as `<id>`. `Ok(false)`: another run got there first.
+    fn commit(
+        &self,
+        run: &OwnedFd,
+        k: &[u8],
+        id: &str,
+        parent: Option<&(String, Option<String>)>,
+    ) -> Result<bool> {
+        let staged = sys::openat_dir(run, k).map_err(|e| Error::io(&self.path, e))?;
+        let e = |err: io::Error| Error::io(self.path.join(id), err);
+        if let Some((plink, plower)) = parent {
+            let lower = layout::lower_file(plink, plower.as_deref());
+            sys::write_file_atomic(staged.as_fd(), b"lower", lower.as_bytes(), 0o644).map_err(e)?;
+            sys::mkdirat_exist_ok(&staged, b"work", 0o700).map_err(e)?;
+        }
+        let _guard = self.lock()?;
+        if self.has(id) {
+            return Ok(false);
+        }
+        let link = loop {
+            let l = layout::link_name(&sys::random17().map_err(e)?);
+            if sys::lstatat(&self.links, l.as_bytes()).is_err() {
+                break l;
+            }
+        };
+        sys::write_file_atomic(staged.as_fd(), b"link", link.as_bytes(), 0o644).map_err(e)?;
+        match sys::rename_noreplace(run, k, &self.fd, id.as_bytes()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(err) => return Err(e(err)),
+        }
+        let target = format!("../{id}/diff");
+        sys::symlinkat(target.as_bytes(), &self.links, link.as_bytes()).map_err(e)?;
+        Ok(true)
+    }
+
+    fn remember(&self, d: &Digests) {
+        let _ = sys::write_file_atomic(
+            self.blobs.as_fd(),
+            layout::id(&d.blob).as_bytes(),
+            d.diff_id.as_bytes(),
+            0o644,
+        );
+    }
+}
+
+/// sha256 of a file's bytes, for the reuse check (cheaper than decompressing it).
+fn blob_digest(p: &Path) -> Option<String> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    let mut f = sys::openat_file(rustix::fs::CWD, &c).ok()?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut HashWriter(&mut h)).ok()?;
+    Some(digest::format(&h.finalize()))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl io::Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Which layers a store already has, known before unpacking: their diffIDs come from the blob
+/// index of earlier runs (files only; stdin is read once, so it is always unpacked).
+fn precheck(store: &Store, inputs: &[Input]) -> Vec<Option<String>> {
+    let mut known: Vec<Option<String>> = vec![None; inputs.len()];
+    if sys::read_dir_names(&store.blobs)
+        .map(|v| v.is_empty())
+        .unwrap_or(true)
+    {
+        return known;
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = inputs
+            .iter()
+            .map(|i| {
+                s.spawn(move || match &i.source {
+                    Source::Path(p) => blob_digest(p).and_then(|d| store.known_diff_id(&d)),
+                    Source::Stdin => None,
+                })
+            })
+            .collect();
+        for (k, h) in hs.into_iter().enumerate() {
+            known[k] = h.join().unwrap_or(None);
+        }
+    });
+    let mut chain: Vec<String> = Vec::new();
+    let mut out = vec![None; inputs.len()];
+    for (k, d) in known.into_iter().enumerate() {
+        let Some(d) = d else { break };
+        chain.push(d);
+        let c = chain_id(&chain).expect("non-empty");
+        if !store.has(layout::id(&c)) {
+            break;
+        }
+        out[k] = Some(chain[k].clone());
+    }
+    out
+}
+
+type Unpacked = (usize, Result<(LayerWriter, Digests)>);
+
+/// Unpack `inputs` (bottom first) into the store at `path`.
+pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result<ApplyReport> {
+    sys::raise_nofile_limit();
+    let store = Store::open(path)?;
+    let run_name = format!(
+        "{}-{}",
+        std::process::id(),
+        layout::link_name(&sys::random17().map_err(|e| Error::io(path, e))?)
+    );
+    let (run, _run_lock) = {
+        let _guard = store.lock()?;
+        store.clean_orphans();
+        let e = |err: io::Error| Error::io(path, err);
+        sys::mkdirat(&store.staging, run_name.as_bytes(), 0o700).map_err(e)?;
+        let run = sys::openat_dir(&store.staging, run_name.as_bytes()).map_err(e)?;
+        let lock = sys::open_lock_file(&run, b"lock").map_err(e)?;
+        sys::flock(&lock, true, false).map_err(e)?;
+        (run, lock)
+    };
+    let result = run_stack(&store, &run, inputs, opts);
+    let _ = sys::remove_all_at(store.staging.as_fd(), run_name.as_bytes());
+    let _ = &store.state;
+    result
+}
+
+fn run_stack(
+    store: &Store,
+    run: &OwnedFd,
+    inputs: &[Input],
+    opts: &ApplyOptions,
+) -> Result<ApplyReport> {
+    let reused = precheck(store, inputs);
+    let todo: Vec<usize> = (0..inputs.len()).filter(|&k| reused[k].is_none()).collect();
+    // Stage dirs first (cheap), so workers only unpack.
+    let mut roots: HashMap<usize, OwnedFd> = HashMap::new();
+    for &k in &todo {
+        let e = |err: io::Error| Error::io(&store.path, err);
+        let name = k.to_string();
+        sys::mkdirat(run, name.as_bytes(), 0o700).map_err(e)?;
+        let d = sys::openat_dir(run, name.as_bytes()).map_err(e)?;
+        sys::mkdirat(&d, b"diff", 0o755).map_err(e)?;
+        roots.insert(k, sys::openat_dir(&d, b"diff").map_err(e)?);
+    }
+    let jobs = if opts.jobs == 0 {
+        default_jobs()
+    } else {
+        opts.jobs
+    }
+    .max(1);
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = unbounded::<Unpacked>();
+    let roots = std::sync::Mutex::new(roots);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(todo.len()) {
+            let tx = tx.clone();
+            let (todo, stop, next, roots) = (&todo, &stop, &next, &roots);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&k) = todo.get(i) else { break };
+                if stop.load(Ordering::Relaxed) {
+                    let _ = tx.send((k, Err(Error::Stopped)));
+                    continue;
+                }
+                let root = roots.lock().expect("poisoned").remove(&k).expect("staged");
+                let mut w = LayerWriter::new(root, opts.ns, true);
+                let r = unpack(&inputs[k], &mut w, stop).map(|d| (w, d));
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                let _ = tx.send((k, r));
+            });
+        }
+        drop(tx);
+        let r = commit_in_order(store, run, inputs, opts, &reused, &rx);
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        // Drain so workers never block; their results are dropped with the staging dir.
+        for _ in rx.iter() {}
+        r
+    })
+}
+
+fn commit_in_order(
+    store: &Store,
+    run: &OwnedFd,
+    inputs: &[Input],
+    opts: &ApplyOptions,
+    reused: &[Option<String>],
+    rx: &crossbeam_channel::Receiver<Unpacked>,
+) -> Result<ApplyReport> {
+    let mut done: HashMap<usize, Result<(LayerWriter, Digests)>> = HashMap::new();
+    let mut lowers: Vec<OwnedFd> = Vec::new();
+    let mut diff_ids: Vec<String> = Vec::new();
+    let mut parent: Option<(String, Option<String>)> = None;
+    let mut reports = Vec::new();
+    let mut warnings = Vec::new();
+    for (k, input) in inputs.iter().enumerate() {
+        let label = input.label.as_str();
+        let (diff_id, was_reused) = if let Some(d) = &reused[k] {
+            (d.clone(), true)
+        } else {
+            let got = loop {
+                if let Some(r) = done.remove(&k) {
+                    break r;
+                }
+                match rx.recv() {
+                    Ok((j, r)) => {
+                        done.insert(j, r);
+                    }
+                    Err(_) => return Err(Error::Stopped),
+                }
+            };
+            let (mut w, d) = got.map_err(|e| e.in_layer(label))?;
+            let view = LowerView::new(
+                lowers
+                    .iter()
+                    .rev()
+                    .map(|f| f.try_clone())
+                    .collect::<io::Result<_>>()
+                    .map_err(|e| Error::io(&store.path, e))?,
+                opts.ns,
+            );
+            w.fix_against(&view).map_err(|e| e.in_layer(label))?;
+            warnings.extend(
+                w.finish()
+                    .map_err(|e| e.in_layer(label))?
+                    .into_iter()
+                    .map(|m| format!("{label}: {m}")),
+            );
+            diff_ids.push(d.diff_id.clone());
+            let id = layout::id(&chain_id(&diff_ids).expect("non-empty")).to_string();
+            diff_ids.pop();
+            let committed = store
+                .commit(run, k.to_string().as_bytes(), &id, parent.as_ref())
+                .map_err(|e| e.in_layer(label))?;
+            store.remember(&d);
+            (d.diff_id, !committed)
+        };
+        diff_ids.push(diff_id.clone());
+        let chain = chain_id(&diff_ids).expect("non-empty");
+        let id = layout::id(&chain).to_string();
+        lowers.push(store.diff_dir(&id)?);
+        parent = Some(store.names_of(&id)?);
+        reports.push(LayerReport {
+            layer: input.label.clone(),
+            diff_id,
+            chain_id: chain,
+            path: store.path.join(&id).join("diff").display().to_string(),
+            reused: was_reused,
+        });
+    }
+    let lowerdir = reports
+        .iter()
+        .rev()
+        .map(|r| escape_lowerdir(&r.path))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(ApplyReport {
+        layers: reports,
+        lowerdir,
+        warnings,
+    })
+}

@@ -1,0 +1,220 @@
+//! Tar members -> changeset entries: name cleaning, whiteout names, type checks. Pure; every refusal
+//! names the member and the rule (image-spec layer.md; semantics.md A2, A3, D).
+
+use crate::entry::{Entry, Kind, Meta};
+use crate::error::{Error, Result, Rule};
+use crate::sys::dev_fits;
+use crate::tar::read::TarEntry;
+use crate::tar::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// The cleaned layer path of a tar name: leading `/`, `./`, empty and `.` components dropped.
+/// `..` anywhere is refused rather than resolved, since no layer writer emits it and a lexical `..`
+/// after a symlink means something else on disk. The root is the empty path.
+pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    if raw.contains(&0) {
+        return Err("NUL byte in name");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("'..' component"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lossy text of a path for messages (`.` for the root).
+pub fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        ".".into()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = dir.to_vec();
+    if !v.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+/// Convert one tar member into a changeset entry.
+pub fn to_entry(te: &TarEntry) -> Result<Entry> {
+    let raw_show = String::from_utf8_lossy(&te.path).into_owned();
+    let path = clean_path(&te.path).map_err(|d| Error::rejected(&raw_show, Rule::BadPath, d))?;
+    let shown = show(&path);
+    let reject = |rule: Rule, detail: &str| Error::rejected(&shown, rule, detail);
+    let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], &path[..]),
+    };
+    if dir
+        .split(|&b| b == b'/')
+        .any(|c| c.starts_with(WHITEOUT_PREFIX))
+    {
+        return Err(reject(
+            Rule::WhiteoutName,
+            ".wh. prefix on a directory component",
+        ));
+    }
+    let meta = Meta {
+        mode: te.mode & 0o7777,
+        uid: te.uid,
+        gid: te.gid,
+        mtime: te.mtime,
+        mtime_nsec: te.mtime_nsec,
+        xattrs: te.xattrs.clone(),
+    };
+    // Whiteouts: only the name matters, whatever type and size the member claims (umoci does the
+    // same); their data, if any, is skipped by the reader.
+    if base == OPAQUE_MARKER {
+        return Ok(Entry {
+            path: dir.to_vec(),
+            kind: Kind::Opaque,
+            meta,
+        });
+    }
+    if let Some(name) = base.strip_prefix(WHITEOUT_PREFIX) {
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return Err(reject(
+                Rule::WhiteoutName,
+                "AUFS metadata names (.wh..wh.*) other than .wh..wh..opq",
+            ));
+        }
+        if matches!(name, b"" | b"." | b"..") {
+            return Err(reject(Rule::WhiteoutName, "nothing to delete"));
+        }
+        return Ok(Entry {
+            path: join(dir, name),
+            kind: Kind::Whiteout,
+            meta,
+        });
+    }
+    let kind = match te.typeflag {
+        b'0' => Kind::File { size: te.size },
+        b'5' => Kind::Dir,
+        b'2' => {
+            if te.linkname.contains(&0) {
+                return Err(reject(Rule::BadPath, "NUL byte in symlink target"));
+            }
+            if te.linkname.is_empty() {
+                return Err(reject(Rule::BadPath, "empty symlink target"));
+            }
+            Kind::Symlink {
+                target: te.linkname.clone(),
+            }
+        }
+        b'1' => {
+            let target = clean_path(&te.linkname).map_err(|d| {
+                reject(
+                    Rule::Hardlink,
+                    &format!("target {:?}: {d}", show(&te.linkname)),
+                )
+            })?;
+            if target.is_empty() {
+                return Err(reject(Rule::Hardlink, "target is the layer root"));
+            }
+            Kind::Hardlink { target }
+        }
+        b'3' | b'4' => {
+            let (major, minor) = (te.devmajor, te.devminor);
+            if !dev_fits(major, minor) {
+                return Err(reject(
+                    Rule::DeviceRange,
+                    &format!(
+                        "{major}:{minor} does not fit the kernel's 12-bit major / 20-bit minor"
+                    ),
+                ));
+            }
+            if te.typeflag == b'3' {
+                if major == 0 && minor == 0 {
+                    return Err(reject(Rule::DeviceIsWhiteout, ""));
+                }
+                Kind::Char { major, minor }
+            } else {
+                Kind::Block { major, minor }
+            }
+        }
+        b'6' => Kind::Fifo,
+        t => {
+            return Err(reject(
+                Rule::UnsupportedType,
+                &format!("typeflag {:?}", t as char),
+            ))
+        }
+    };
+    if path.is_empty() && kind != Kind::Dir {
+        return Err(reject(Rule::RootType, ""));
+    }
+    Ok(Entry { path, kind, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn te(path: &str, t: u8) -> TarEntry {
+        TarEntry {
+            path: path.as_bytes().to_vec(),
+            typeflag: t,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cleaning() {
+        assert_eq!(clean_path(b"/a//b/./c/").unwrap(), b"a/b/c");
+        assert_eq!(clean_path(b"./").unwrap(), b"");
+        assert!(clean_path(b"a/../b").is_err());
+        assert!(clean_path(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn whiteouts() {
+        assert_eq!(to_entry(&te("a/.wh.b", b'0')).unwrap().kind, Kind::Whiteout);
+        assert_eq!(to_entry(&te("a/.wh.b", b'0')).unwrap().path, b"a/b");
+        let o = to_entry(&te("./a/.wh..wh..opq", b'0')).unwrap();
+        assert_eq!((o.kind, o.path), (Kind::Opaque, b"a".to_vec()));
+        let r = to_entry(&te(".wh..wh..opq", b'0')).unwrap();
+        assert_eq!(r.path, b"");
+        for bad in [".wh.", "a/.wh..", "a/.wh...", ".wh..wh.plnk", ".wh.x/y"] {
+            assert_eq!(
+                to_entry(&te(bad, b'0')).unwrap_err().rule(),
+                Some(Rule::WhiteoutName),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn devices_and_root() {
+        let mut d = te("dev/x", b'3');
+        assert_eq!(
+            to_entry(&d).unwrap_err().rule(),
+            Some(Rule::DeviceIsWhiteout)
+        );
+        d.devmajor = 4096;
+        assert_eq!(to_entry(&d).unwrap_err().rule(), Some(Rule::DeviceRange));
+        assert_eq!(
+            to_entry(&te("./", b'2')).unwrap_err().rule(),
+            Some(Rule::BadPath)
+        );
+        let mut s = te("/", b'2');
+        s.linkname = b"x".to_vec();
+        assert_eq!(to_entry(&s).unwrap_err().rule(), Some(Rule::RootType));
+        assert_eq!(
+            to_entry(&te("x", b'S')).unwrap_err().rule(),
+            Some(Rule::UnsupportedType)
+        );
+    }
+}
