@@ -434,22 +434,6 @@ pub fn read_file_at(dir: impl AsFd, name: &[u8]) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
-/// `readlink` of an fd's `/proc/self/fd` entry: where an open directory is now.
-pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    Ok(rfs::readlink(p.as_str(), Vec::new())?.into_bytes())
-}
-
-/// Effective uid (root may chown, create devices and set `trusted.*` xattrs).
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A `CStr` from bytes, for callers holding names.
-pub fn c(name: &[u8]) -> io::Result<CString> {
-    cstr(name)
-}
-
 /// 17 bytes from `getrandom(2)`: enough for a 26-char base32 short name.
 pub fn random17() -> io::Result<[u8; 17]> {
     let mut b = [0u8; 17];
