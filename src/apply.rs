@@ -178,7 +178,7 @@ pub fn unpack(input: &Input, writer: &mut LayerWriter, stop: &AtomicBool) -> Res
             };
             match decoder(&mut raw) {
                 Err(e) => fail(e),
-                Ok(mut d) => loop {
+                Ok((kind, mut d)) => loop {
                     let mut chunk = vec![0u8; 1 << 20];
                     let mut n = 0;
                     // Fill whole chunks: fewer, larger handoffs.
@@ -206,8 +206,15 @@ pub fn unpack(input: &Input, writer: &mut LayerWriter, stop: &AtomicBool) -> Res
                                 break;
                             }
                         }
-                        Err(e) => {
+                        Err(e) if kind == crate::compress::Compression::None => {
                             fail(e);
+                            break;
+                        }
+                        Err(e) => {
+                            fail(io::Error::new(
+                                e.kind(),
+                                format!("corrupt {} stream: {e}", kind.name()),
+                            ));
                             break;
                         }
                     }

@@ -24,6 +24,15 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Its name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
     /// Guess from an output file name: `.tar.gz`/`.tgz` gzip, `.tar.zst`/`.tzst` zstd, else none.
     pub fn from_path(p: &Path) -> Compression {
         let n = p.as_os_str().as_encoded_bytes();
@@ -60,7 +69,9 @@ impl Compression {
 /// A reader of the uncompressed stream in `r`, whose compression is read from its first bytes:
 /// gzip (every member, as `gzip -d` reads concatenated members), zstd (every frame), or none. A
 /// corrupt stream (bad CRC, truncated member or frame, garbage after the last member) is an error.
-pub fn decoder<'a, R: io::Read + Send + 'a>(mut r: R) -> io::Result<Box<dyn io::Read + Send + 'a>> {
+pub fn decoder<'a, R: io::Read + Send + 'a>(
+    mut r: R,
+) -> io::Result<(Compression, Box<dyn io::Read + Send + 'a>)> {
     let mut head = [0u8; 4];
     let mut n = 0;
     while n < head.len() {
@@ -73,21 +84,23 @@ pub fn decoder<'a, R: io::Read + Send + 'a>(mut r: R) -> io::Result<Box<dyn io::
     }
     let c = Compression::sniff(&head[..n]);
     let whole = io::Cursor::new(head[..n].to_vec()).chain(r);
-    Ok(match c {
-        Compression::None => Box::new(whole),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-            io::BufReader::with_capacity(1 << 18, whole),
-        )),
-        Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
-                1 << 18,
-                whole,
-            ))?;
-            // Layers written with --long need the larger window; zstd caps it at 2 GiB.
-            d.window_log_max(31)?;
-            Box::new(d)
-        }
-    })
+    Ok((
+        c,
+        match c {
+            Compression::None => Box::new(whole),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+                io::BufReader::with_capacity(1 << 18, whole),
+            )),
+            Compression::Zstd => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(
+                    io::BufReader::with_capacity(1 << 18, whole),
+                )?;
+                // Layers written with --long need the larger window; zstd caps it at 2 GiB.
+                d.window_log_max(31)?;
+                Box::new(d)
+            }
+        },
+    ))
 }
 
 /// zstd level: `zstd`'s default; measured 228 MB/s on 2 workers here (rust-ecosystem.md).
