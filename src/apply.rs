@@ -15,8 +15,9 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -122,22 +123,28 @@ pub struct Digests {
     pub diff_id: String,
 }
 
+/// Hashes the blob as read. Switched off once the stream turns out to be uncompressed: then the
+/// blob digest is the diffID, and hashing the same bytes twice would cost a third of the run.
 struct HashRead<R> {
     inner: R,
     h: Sha256,
+    on: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for HashRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.h.update(&buf[..n]);
+        if self.on.load(Ordering::Relaxed) {
+            self.h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
 
-/// The consumer end of the decompressor's channel.
+/// The consumer end of the decompressor's channel; spent chunks go back for reuse.
 struct Chunks {
     rx: Receiver<io::Result<Vec<u8>>>,
+    back: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -147,7 +154,10 @@ impl Read for Chunks {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(c)) => {
-                    self.cur = c;
+                    let spent = std::mem::replace(&mut self.cur, c);
+                    if spent.capacity() > 0 {
+                        let _ = self.back.try_send(spent);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -166,12 +176,16 @@ pub fn unpack(input: &Input, writer: &mut LayerWriter, stop: &AtomicBool) -> Res
     let label = input.label.as_str();
     let src = input.open()?;
     let (tx, rx) = bounded::<io::Result<Vec<u8>>>(8);
+    let (back, spare) = bounded::<Vec<u8>>(16);
     std::thread::scope(|s| {
         let reader = s.spawn(move || -> Digests {
+            let on = Arc::new(AtomicBool::new(true));
             let mut raw = HashRead {
                 inner: src,
                 h: Sha256::new(),
+                on: on.clone(),
             };
+            let mut plain = false;
             let mut diff = Sha256::new();
             let fail = |e: io::Error| {
                 let _ = tx.send(Err(e));
@@ -179,7 +193,12 @@ pub fn unpack(input: &Input, writer: &mut LayerWriter, stop: &AtomicBool) -> Res
             match decoder(&mut raw) {
                 Err(e) => fail(e),
                 Ok((kind, mut d)) => loop {
-                    let mut chunk = vec![0u8; 1 << 20];
+                    if kind == crate::compress::Compression::None {
+                        on.store(false, Ordering::Relaxed);
+                        plain = true;
+                    }
+                    let mut chunk = spare.try_recv().unwrap_or_default();
+                    chunk.resize(1 << 20, 0);
                     let mut n = 0;
                     // Fill whole chunks: fewer, larger handoffs.
                     let res = loop {
@@ -221,13 +240,19 @@ pub fn unpack(input: &Input, writer: &mut LayerWriter, stop: &AtomicBool) -> Res
                 },
             }
             drop(tx);
+            let diff_id = digest::format(&diff.finalize());
             Digests {
-                blob: digest::format(&raw.h.finalize()),
-                diff_id: digest::format(&diff.finalize()),
+                blob: if plain {
+                    diff_id.clone()
+                } else {
+                    digest::format(&raw.h.finalize())
+                },
+                diff_id,
             }
         });
         let mut chunks = Chunks {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
         };

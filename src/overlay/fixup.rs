@@ -105,9 +105,7 @@ impl LayerWriter {
                     };
                     self.copy_dir_attrs(src.as_fd(), &st, dst.as_fd(), &p)?;
                 }
-                Found::Other { st, .. }
-                    if sys::file_type(&st) == FileType::Symlink && !self.opaque.contains(&p) =>
-                {
+                Found::Other { st, .. } if sys::file_type(&st) == FileType::Symlink => {
                     let Some(target) = view.resolve(&p, true)? else {
                         continue;
                     };
@@ -173,6 +171,11 @@ impl LayerWriter {
             .expect("implied dir exists");
         let src = sys::openat_dir(&*src_parent.fd, last(from)).map_err(|e| Self::io(from, e))?;
         let dst = sys::openat_dir(&*dst_parent.fd, name).map_err(|e| Self::io(&to, e))?;
+        if self.opaque.contains(from) {
+            // `lib/.wh..wh..opq` through a lower `lib -> usr/lib` clears `usr/lib`.
+            self.set_opaque(dst.as_fd(), &to)?;
+            self.remove_whiteouts_below(dst.as_fd(), &to)?;
+        }
         self.merge_into(src.as_fd(), from, dst.as_fd(), &to, todo)?;
         sys::unlinkat(&*src_parent.fd, last(from), true).map_err(|e| Self::io(from, e))?;
         self.forget(from);
@@ -291,9 +294,16 @@ impl LayerWriter {
                     self.copy_from_lower(view, &lower, lp.fd.as_fd(), &lname, &link)?;
                 }
                 (_, None) => {
+                    let found = view.lookup(&lower).map_err(|e| Self::io(&link, e))?;
+                    if !matches!(found, Found::Other { .. }) {
+                        return Err(bad(format!(
+                            "target {} is not a file in this layer or below",
+                            show(&target)
+                        )));
+                    }
                     let tp = self.parent(&lower, Purpose::Create)?.expect("created");
                     let tname = last(&lower).to_vec();
-                    self.copy_from_lower(view, &lower, tp.fd.as_fd(), &tname, &lower)?;
+                    self.copy_from_lower(view, &lower, tp.fd.as_fd(), &tname, &link)?;
                     sys::linkat(&*tp.fd, &tname, &*lp.fd, &lname)
                         .map_err(|e| Self::io(&link, e))?;
                     copied.insert(lower.clone());

@@ -118,12 +118,15 @@ impl LowerView {
     }
 
     /// `path` with every symlink on the way resolved inside the root (the final one too when
-    /// `follow_last`), as a flat extraction of the stack would resolve it. `None` when a parent is
-    /// missing or not a dir.
+    /// `follow_last`), as a flat extraction of the stack would resolve it; components missing below
+    /// are kept (they are to be created). `None` when a parent is a non-directory.
     pub fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
         let mut todo: VecDeque<Vec<u8>> = path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut links = 0;
+        // Once a component is missing below, nothing further down can be a lower symlink: the rest
+        // is a path to create, as a flat extraction would create it.
+        let mut missing = false;
         while let Some(c) = todo.pop_front() {
             match c.as_slice() {
                 b"" | b"." => continue,
@@ -135,6 +138,10 @@ impl LowerView {
             }
             let here = join(&names.join(&b'/'), &c);
             let last = todo.is_empty();
+            if missing {
+                names.push(c);
+                continue;
+            }
             match self.lookup(&here).map_err(|e| Error::io(show(&here), e))? {
                 Found::Dir { .. } => names.push(c),
                 Found::Other { layer, st }
@@ -153,6 +160,10 @@ impl LowerView {
                     for t in target.split(|&b| b == b'/').rev() {
                         todo.push_front(t.to_vec());
                     }
+                }
+                Found::Absent => {
+                    missing = true;
+                    names.push(c);
                 }
                 _ if last => names.push(c),
                 _ => return Ok(None),

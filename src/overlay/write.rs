@@ -534,32 +534,17 @@ impl LayerWriter {
             let root = self.root.clone();
             return self.remove_whiteouts_below(root.as_fd(), b"");
         }
-        let p = self.parent(path, Purpose::Create)?.expect("created");
-        let (_, name) = split(path);
-        let rpath = join(&p.path, name);
-        let st = match sys::lstatat(&*p.fd, name) {
-            Ok(st) => Some(st),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Self::io(&rpath, e)),
-        };
-        match st {
-            Some(st) if sys::file_type(&st) == FileType::Directory => {}
-            Some(st) => {
-                let was_whiteout = is_whiteout(&st);
-                self.clear(p.fd.as_fd(), name, &rpath)?;
-                self.make_dir(p.fd.as_fd(), name, &rpath, false)?;
-                if !was_whiteout {
-                    self.implied.insert(rpath.clone());
-                }
-            }
-            None => {
-                self.make_dir(p.fd.as_fd(), name, &rpath, false)?;
-                self.implied.insert(rpath.clone());
-            }
+        // The marker is an entry inside the dir: the dir path resolves like any parent (through
+        // symlinks, in root; created when missing; a whiteout of this layer becomes a new dir).
+        let mut inside = path.to_vec();
+        inside.extend_from_slice(b"/.wh..wh..opq");
+        let d = self.parent(&inside, Purpose::Create)?.expect("created");
+        if d.path.is_empty() {
+            // Resolved to the root (`s -> /`): the root case.
+            return self.opaque_marker(b"");
         }
-        let fd = sys::openat_dir(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
-        self.set_opaque(fd.as_fd(), &rpath)?;
-        self.remove_whiteouts_below(fd.as_fd(), &rpath)
+        self.set_opaque(d.fd.as_fd(), &d.path)?;
+        self.remove_whiteouts_below(d.fd.as_fd(), &d.path)
     }
 
     fn dir(&mut self, path: &[u8], meta: &Meta) -> Result<()> {

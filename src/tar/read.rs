@@ -152,6 +152,18 @@ impl<R: Read> Reader<R> {
         Ok(v)
     }
 
+    /// A refused member: the layer, the member's name as stored, the rule.
+    fn bad_entry(&self, path: &[u8], rule: Rule, detail: &str) -> Error {
+        Error::Layer {
+            layer: self.label.clone(),
+            source: Box::new(Error::rejected(
+                String::from_utf8_lossy(path).into_owned(),
+                rule,
+                detail,
+            )),
+        }
+    }
+
     /// The next member, or `None` after the end-of-archive marker.
     pub fn next_entry(&mut self) -> Result<Option<TarEntry>> {
         if self.done {
@@ -246,12 +258,14 @@ impl<R: Read> Reader<R> {
             e.gid = num(&block[116..124], "gid")?;
             e.mtime = parse_signed(&block[136..148])
                 .map_err(|m| bad(&self.label, at, format!("mtime: {m}")))?;
-            if matches!(e.typeflag, b'3' | b'4') {
-                e.devmajor = u32::try_from(num(&block[329..337], "devmajor")?)
-                    .map_err(|_| bad(&self.label, at, "devmajor too large"))?;
-                e.devminor = u32::try_from(num(&block[337..345], "devminor")?)
-                    .map_err(|_| bad(&self.label, at, "devminor too large"))?;
-            }
+            let dev = if matches!(e.typeflag, b'3' | b'4') {
+                Some((
+                    num(&block[329..337], "devmajor")?,
+                    num(&block[337..345], "devminor")?,
+                ))
+            } else {
+                None
+            };
             e.path = cstr(&block[0..100]).to_vec();
             if ustar {
                 let prefix = cstr(&block[345..500]);
@@ -299,13 +313,26 @@ impl<R: Read> Reader<R> {
                         e.xattrs.push((k[PAX_XATTR_PREFIX.len()..].to_vec(), v));
                     }
                     k if k.starts_with(b"GNU.sparse.") => {
-                        return Err(bad(
-                            &self.label,
-                            at,
+                        return Err(self.bad_entry(
+                            &e.path,
+                            Rule::UnsupportedType,
                             "PAX sparse files are not supported (layer.md: SHOULD NOT be used)",
                         ));
                     }
                     _ => {}
+                }
+            }
+            if let Some((major, minor)) = dev {
+                let fit = |v: u64| u32::try_from(v).ok();
+                match (fit(major), fit(minor)) {
+                    (Some(a), Some(b)) => (e.devmajor, e.devminor) = (a, b),
+                    _ => {
+                        return Err(self.bad_entry(
+                            &e.path,
+                            Rule::DeviceRange,
+                            &format!("{major}:{minor}"),
+                        ))
+                    }
                 }
             }
             if matches!(e.typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') && e.size != 0 {
@@ -313,16 +340,17 @@ impl<R: Read> Reader<R> {
                     &self.label,
                     at,
                     format!(
-                        "{} entry declares {} bytes of data",
+                        "{}: {} entry declares {} bytes of data",
+                        String::from_utf8_lossy(&e.path),
                         type_name(e.typeflag),
                         e.size
                     ),
                 ));
             }
             if e.typeflag == b'S' {
-                return Err(bad(
-                    &self.label,
-                    at,
+                return Err(self.bad_entry(
+                    &e.path,
+                    Rule::UnsupportedType,
                     "GNU sparse files are not supported (layer.md: SHOULD NOT be used)",
                 ));
             }
