@@ -310,27 +310,27 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
         Err(e) => return Err(Error::io(dir, e)),
         Ok(st) => {
             if sys::file_type(&st) != sys::FileType::Directory {
-                return Err(Error::Usage(format!("{}: not a directory", dir.display())));
+                return Err(Error::io(dir, io::Error::other("not a directory")));
             }
             let d = sys::openat_dir(&parent, &name).map_err(|e| Error::io(dir, e))?;
             if !sys::read_dir_names(&d)
                 .map_err(|e| Error::io(dir, e))?
                 .is_empty()
             {
-                return Err(Error::Usage(format!(
-                    "{}: not empty (--into needs an empty or missing directory)",
-                    dir.display()
-                )));
+                return Err(Error::io(
+                    dir,
+                    io::Error::other("not empty (--into needs an empty or missing directory)"),
+                ));
             }
             if sys::fstat(&parent)
                 .map_err(|e| Error::io(&parent_path, e))?
                 .st_dev
                 != st.st_dev
             {
-                return Err(Error::Usage(format!(
-                    "{}: is a mount point; unpack into a directory inside it",
-                    dir.display()
-                )));
+                return Err(Error::io(
+                    dir,
+                    io::Error::other("a mount point; unpack into a directory inside it"),
+                ));
             }
         }
     }

@@ -44,7 +44,9 @@ impl LayerWriter {
         for name in view.root_names().map_err(|e| Self::io(b"", e))? {
             match sys::lstatat(&*root, &name) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    sys::mknodat(&*root, &name, Node::Char(0, 0)).map_err(|e| Self::io(&name, e))?
+                    sys::mknodat(&*root, &name, Node::Char(0, 0))
+                        .map_err(|e| Self::io(&name, e))?;
+                    sys::utimensat_nofollow(&*root, &name, 0, 0).map_err(|e| Self::io(&name, e))?;
                 }
                 Err(e) => return Err(Self::io(&name, e)),
                 Ok(st) if sys::file_type(&st) == FileType::Directory => {
@@ -93,7 +95,8 @@ impl LayerWriter {
     fn settle_implied(&mut self, view: &LowerView) -> Result<()> {
         let mut todo: BTreeSet<Vec<u8>> = self.implied.clone();
         while let Some(p) = todo.pop_first() {
-            if !self.implied.contains(&p) {
+            // Below a dir this layer made opaque, the lowers are hidden: defaults stay.
+            if !self.implied.contains(&p) || self.below_opaque(&p) {
                 continue;
             }
             let found = view.lookup(&p).map_err(|e| Self::io(&p, e))?;

@@ -315,9 +315,24 @@ impl LayerWriter {
             } else if sys::file_type(&st) == FileType::Directory {
                 let sub = sys::openat_dir(fd, &name).map_err(|e| Self::io(&p, e))?;
                 self.remove_whiteouts_below(sub.as_fd(), &p)?;
+                // An implied dir that only held whiteouts has nothing left to say.
+                if self.implied.contains(&p)
+                    && sys::read_dir_names(&sub)
+                        .map_err(|e| Self::io(&p, e))?
+                        .is_empty()
+                {
+                    sys::unlinkat(fd, &name, true).map_err(|e| Self::io(&p, e))?;
+                    self.forget(&p);
+                    self.forget_cache();
+                }
             }
         }
         Ok(())
+    }
+
+    /// `path` is strictly below a dir this layer made opaque (the lowers are hidden there).
+    pub(crate) fn below_opaque(&self, path: &[u8]) -> bool {
+        self.root_opaque || self.under_opaque(split(path).0)
     }
 
     /// Drop the bookkeeping of `path` and everything below it (it was removed or replaced).
@@ -497,8 +512,9 @@ impl LayerWriter {
             .map_err(|e| Self::io(path, e))
     }
 
-    fn whiteout(&mut self, path: &[u8]) -> Result<()> {
-        if self.root_opaque {
+    fn whiteout(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
+        // Below a same-layer opaque dir there is nothing to delete: skip before any parent is made.
+        if self.under_opaque(split(path).0) {
             return Ok(());
         }
         let Some(p) = self.parent(path, Purpose::Whiteout)? else {
@@ -511,7 +527,10 @@ impl LayerWriter {
         let rpath = join(&p.path, name);
         match sys::lstatat(&*p.fd, name) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                sys::mknodat(&*p.fd, name, Node::Char(0, 0)).map_err(|e| Self::io(&rpath, e))
+                sys::mknodat(&*p.fd, name, Node::Char(0, 0)).map_err(|e| Self::io(&rpath, e))?;
+                // The tar's time (0 from most writers), so layer dirs are reproducible.
+                sys::utimensat_nofollow(&*p.fd, name, meta.mtime, meta.mtime_nsec)
+                    .map_err(|e| Self::io(&rpath, e))
             }
             Err(e) => Err(Self::io(&rpath, e)),
             Ok(st) if sys::file_type(&st) == FileType::Directory => {
@@ -733,7 +752,7 @@ impl LayerWriter {
 impl Sink for LayerWriter {
     fn put(&mut self, e: &Entry, data: &mut dyn Read) -> Result<()> {
         match &e.kind {
-            Kind::Whiteout => self.whiteout(&e.path),
+            Kind::Whiteout => self.whiteout(&e.path, &e.meta),
             Kind::Opaque => self.opaque_marker(&e.path),
             Kind::Dir => self.dir(&e.path, &e.meta),
             Kind::File { size } => self.file(&e.path, &e.meta, *size, data),
