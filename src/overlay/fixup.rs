@@ -22,6 +22,7 @@ use crate::tar::entry::show;
 impl LayerWriter {
     /// Settle everything that depends on the lower layers (`view`, topmost first).
     pub fn fix_against(&mut self, view: &LowerView) -> Result<()> {
+        self.drain()?;
         if self.root_opaque {
             self.opaque_root(view)?;
         } else {

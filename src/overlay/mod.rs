@@ -4,6 +4,7 @@
 
 mod fixup;
 pub mod lower;
+mod pool;
 pub mod walk;
 pub mod write;
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use crate::entry::{Entry, Kind, Meta, Sink};
 use crate::error::{Error, Result, Rule};
+use crate::overlay::pool::{FilePool, Job, SMALL};
 use crate::overlay::Namespace;
 use crate::sys::{self, FileType, Node};
 use crate::tar::entry::show;
@@ -72,6 +73,7 @@ pub struct LayerWriter {
     cache: Option<(Vec<u8>, Parent)>,
     buf: Vec<u8>,
     selinux_warned: bool,
+    pool: FilePool,
 }
 
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
@@ -124,6 +126,7 @@ impl LayerWriter {
             cache: None,
             buf: vec![0; 1 << 20],
             selinux_warned: false,
+            pool: FilePool::new(file_threads()),
         }
     }
 
@@ -609,6 +612,21 @@ impl LayerWriter {
         let rpath = join(&p.path, name);
         let fd = p.fd.clone();
         let mut f = self.create(fd.as_fd(), name, &rpath, || sys::create_excl(&*fd, name))?;
+        if size <= SMALL && self.pool.enabled() {
+            let mut bytes = vec![0u8; size as usize];
+            read_data(data, &mut bytes, &rpath)?;
+            let mut meta = meta.clone();
+            meta.xattrs = std::mem::take(&mut meta.xattrs)
+                .into_iter()
+                .filter_map(|(n, v)| self.disk_xattr(&n).map(|d| (d, v)))
+                .collect();
+            return self.pool.submit(Job {
+                file: f,
+                data: bytes,
+                meta,
+                path: rpath,
+            });
+        }
         let mut left = size;
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
@@ -713,9 +731,17 @@ impl LayerWriter {
         }
     }
 
+    /// Wait for the files handed to the pool (before anything reads what they write).
+    pub(crate) fn drain(&mut self) -> Result<()> {
+        let w = self.pool.drain()?;
+        self.warnings.extend(w);
+        Ok(())
+    }
+
     /// Set every directory's time, last, so that creating children cannot disturb them; default
     /// attributes for a root the tar did not describe.
     pub fn finish(mut self) -> Result<Vec<String>> {
+        self.drain()?;
         if !self.root_explicit {
             let root = self.root.clone();
             sys::fchown(&*root, 0, 0).map_err(|e| Self::io(b"", e))?;
@@ -765,4 +791,39 @@ impl Sink for LayerWriter {
             Kind::Fifo => self.node(&e.path, &e.meta, Node::Fifo),
         }
     }
+}
+
+/// Worker threads per layer that finish small files (see `overlay::pool`).
+fn file_threads() -> usize {
+    std::env::var("LAYERKIT_FILE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
+/// Read exactly `buf.len()` bytes of entry data; a short stream is a malformed tar.
+fn read_data(data: &mut dyn Read, buf: &mut [u8], path: &[u8]) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match data.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Error::rejected(
+                    show(path),
+                    Rule::MalformedTar,
+                    "truncated entry data",
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(Error::rejected(
+                    show(path),
+                    Rule::MalformedTar,
+                    e.to_string(),
+                ))
+            }
+            Err(e) => return Err(LayerWriter::io(path, e)),
+        }
+    }
+    Ok(())
 }
