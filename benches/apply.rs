@@ -24,7 +24,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+
 use std::time::Instant;
+
+mod common;
+use common::{first_line, have, q, size, sync, time_shell, Runs};
 
 const USAGE: &str = "\
 usage: cargo bench --bench apply [-- [--quick] [--runs N] [--out FILE] [SELECT...]]
@@ -97,49 +101,6 @@ fn tar_label(comp: &str) -> &'static str {
     }
 }
 
-/// Single-quote for bash.
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-fn sh_ok(cmd: &str) -> bool {
-    Command::new("bash")
-        .args(["-c", cmd])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn have(tool: &str) -> bool {
-    sh_ok(&format!("command -v {tool}"))
-}
-
-/// First line of `bash -c cmd`'s stdout (tool versions and the like).
-fn first_line(cmd: &str) -> String {
-    Command::new("bash")
-        .args(["-c", cmd])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn sync() {
-    let _ = Command::new("sync").status();
-}
-
-fn size(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
-}
-
 fn is_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
@@ -208,9 +169,7 @@ struct Cmd {
     dir: PathBuf,
     mounts: bool,
     role: Role,
-    times: Vec<f64>,
-    rss_kib: u64,
-    error: Option<String>,
+    runs: Runs,
 }
 
 impl Cmd {
@@ -222,89 +181,35 @@ impl Cmd {
             dir,
             mounts: false,
             role,
-            times: Vec::new(),
-            rss_kib: 0,
-            error: None,
+            runs: Runs::default(),
         }
     }
 
     /// Delete the previous output, sync (untimed), run once under `/usr/bin/time`, then (untimed)
     /// unmount what the command left mounted.
     fn run(&mut self, rss_file: &Path, timed: bool) {
-        if self.error.is_some() {
+        if self.runs.error.is_some() {
             return;
         }
         clear(&self.dir, self.mounts);
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
-            self.error = Some(format!("cannot create {}: {e}", self.dir.display()));
+            self.runs.error = Some(format!("cannot create {}: {e}", self.dir.display()));
             return;
         }
-        let _ = std::fs::remove_file(rss_file);
         sync();
-        let t = Instant::now();
-        let res = Command::new("/usr/bin/time")
-            .args(["-f", "%M", "-o"])
-            .arg(rss_file)
-            .args(["bash", "-o", "pipefail", "-c", &self.shell])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        let secs = t.elapsed().as_secs_f64();
+        let res = time_shell(&self.shell, rss_file);
         if self.mounts {
             umount_under(&self.dir);
         }
-        match res {
-            Ok(o) if o.status.success() => {
-                if timed {
-                    self.times.push(secs);
-                    let kib = std::fs::read_to_string(rss_file)
-                        .ok()
-                        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
-                        .unwrap_or(0);
-                    self.rss_kib = self.rss_kib.max(kib);
-                }
-            }
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                // The last meaningful stderr line, cut short for the table.
-                let full = err
-                    .lines()
-                    .map(str::trim)
-                    .rev()
-                    .find(|l| !l.is_empty() && !l.starts_with("Command exited with non-zero"))
-                    .unwrap_or("");
-                let mut last: String = full.chars().take(160).collect();
-                if full.chars().count() > 160 {
-                    last.push('…');
-                }
-                let msg = format!("{} ({last})", o.status);
-                eprintln!("FAILED: {}\n  {}\n  {msg}", self.label, self.shell);
-                self.error = Some(msg);
-            }
-            Err(e) => {
-                eprintln!("FAILED to spawn /usr/bin/time for {}: {e}", self.label);
-                self.error = Some(e.to_string());
-            }
-        }
+        self.runs.record(res, timed, &self.label, &self.shell);
     }
 
     fn median(&self) -> Option<f64> {
-        let mut v = self.times.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        self.runs.median()
     }
 
     fn min(&self) -> Option<f64> {
-        self.times.iter().copied().min_by(f64::total_cmp)
+        self.runs.min()
     }
 }
 
@@ -362,7 +267,7 @@ impl Group {
             let label = c.label.replace('|', r"\|");
             let label = if is_la { format!("**{label}**") } else { label };
             let Some(med) = c.median() else {
-                let why = c.error.as_deref().unwrap_or("no runs");
+                let why = c.runs.error.as_deref().unwrap_or("no runs");
                 let what = if c.role == Role::Peer {
                     "failed (reference only)"
                 } else {
@@ -387,14 +292,14 @@ impl Group {
                 out,
                 "| {label} | {med:.2} | {:.2} | {mbps} | {:.0} | {ratio} |",
                 c.min().unwrap_or(med),
-                c.rss_kib as f64 / 1024.0,
+                c.runs.rss_kib as f64 / 1024.0,
             );
         }
     }
 
     /// `name ratio, ...` for the summary line.
     fn ratios(&self) -> String {
-        if self.la().is_some_and(|c| c.error.is_some()) {
+        if self.la().is_some_and(|c| c.runs.error.is_some()) {
             return "layerapply failed".into();
         }
         let la = self.la().and_then(Cmd::median);
@@ -867,7 +772,7 @@ fn main() -> ExitCode {
             // Untimed sanity check of layerapply's output (the last run's output is still there).
             let check = match g.la() {
                 None => "layerapply not run".to_string(),
-                Some(c) if c.error.is_some() => "layerapply failed".to_string(),
+                Some(c) if c.runs.error.is_some() => "layerapply failed".to_string(),
                 Some(c) if g.section == "stack" => match check_store(&c.dir) {
                     Ok(ids) => {
                         let short = ids.iter().map(|i| &i[..12]).collect::<Vec<_>>().join(":");
@@ -896,7 +801,7 @@ fn main() -> ExitCode {
                 Some(c) => {
                     let tar_out = g
                         .by_role(Role::Baseline)
-                        .filter(|b| b.error.is_none())
+                        .filter(|b| b.runs.error.is_none())
                         .map(|b| b.dir.join("out"));
                     match check_into(&c.dir.join("out"), tar_out.as_deref()) {
                         Ok(s) => s,
@@ -908,7 +813,7 @@ fn main() -> ExitCode {
                 }
             };
             for c in &g.cmds {
-                if c.error.is_some() && c.role != Role::Peer {
+                if c.runs.error.is_some() && c.role != Role::Peer {
                     failed = true;
                 }
                 clear(&c.dir, c.mounts);

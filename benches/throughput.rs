@@ -21,8 +21,12 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
+
 use std::time::Instant;
+
+mod common;
+use common::{first_line, have, q, size, sync, time_shell, Runs};
 
 const USAGE: &str = "\
 usage: cargo bench --bench throughput [-- [--quick] [--runs N] [--bigrand-gzip] [INPUT...]]
@@ -76,46 +80,8 @@ fn parse_args() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// Single-quote for bash.
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("bash")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// First line of `bash -c cmd`'s stdout (tool versions and the like).
-fn first_line(cmd: &str) -> String {
-    Command::new("bash")
-        .args(["-c", cmd])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn remove(p: &Path) {
     let _ = std::fs::remove_file(p);
-}
-
-fn sync() {
-    let _ = Command::new("sync").status();
-}
-
-fn size(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
 }
 
 /// One command of a group.
@@ -124,9 +90,7 @@ struct Cmd {
     shell: String,
     out: PathBuf,
     compressed: bool,
-    times: Vec<f64>,
-    rss_kib: u64,
-    error: Option<String>,
+    runs: Runs,
 }
 
 impl Cmd {
@@ -136,75 +100,27 @@ impl Cmd {
             shell,
             out,
             compressed,
-            times: Vec::new(),
-            rss_kib: 0,
-            error: None,
+            runs: Runs::default(),
         }
     }
 
     /// Delete the previous output, sync (untimed), then run once under `/usr/bin/time`.
     fn run(&mut self, rss_file: &Path, timed: bool) {
-        if self.error.is_some() {
+        if self.runs.error.is_some() {
             return;
         }
         remove(&self.out);
-        remove(rss_file);
         sync();
-        let t = Instant::now();
-        let res = Command::new("/usr/bin/time")
-            .args(["-f", "%M", "-o"])
-            .arg(rss_file)
-            .args(["bash", "-o", "pipefail", "-c", &self.shell])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        let secs = t.elapsed().as_secs_f64();
-        match res {
-            Ok(o) if o.status.success() => {
-                if timed {
-                    self.times.push(secs);
-                    let kib = std::fs::read_to_string(rss_file)
-                        .ok()
-                        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
-                        .unwrap_or(0);
-                    self.rss_kib = self.rss_kib.max(kib);
-                }
-            }
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                let tail: Vec<&str> = err.lines().rev().take(3).collect();
-                let msg = format!(
-                    "{} ({})",
-                    o.status,
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                );
-                eprintln!("FAILED: {}\n  {}\n  {msg}", self.label, self.shell);
-                self.error = Some(msg);
-            }
-            Err(e) => {
-                eprintln!("FAILED to spawn /usr/bin/time for {}: {e}", self.label);
-                self.error = Some(e.to_string());
-            }
-        }
+        let res = time_shell(&self.shell, rss_file);
+        self.runs.record(res, timed, &self.label, &self.shell);
     }
 
     fn median(&self) -> Option<f64> {
-        let mut v = self.times.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        self.runs.median()
     }
 
     fn min(&self) -> Option<f64> {
-        self.times.iter().copied().min_by(f64::total_cmp)
+        self.runs.min()
     }
 }
 
@@ -234,7 +150,7 @@ impl Group {
             let label = c.label.replace('|', r"\|");
             let label = if is_ld { format!("**{label}**") } else { label };
             let Some(med) = c.median() else {
-                let why = c.error.as_deref().unwrap_or("no runs");
+                let why = c.runs.error.as_deref().unwrap_or("no runs");
                 let _ = writeln!(
                     table,
                     "| {label} | FAILED: {} | | | | | | |",
@@ -260,7 +176,7 @@ impl Group {
                 "| {label} | {med:.2} | {} | {mbps} | {} | {:.0} | {speed} | {size_ratio} |",
                 f2(c.min()),
                 out.map_or("–".into(), |b| format!("{:.1}", b as f64 / 1e6)),
-                c.rss_kib as f64 / 1024.0,
+                c.runs.rss_kib as f64 / 1024.0,
             );
         }
     }
@@ -549,7 +465,7 @@ fn main() -> ExitCode {
                 let _ = writeln!(table, "| | | | | | | | |");
             }
             g.rows(tar_bytes, &mut table);
-            failed |= g.cmds.iter().any(|c| c.error.is_some());
+            failed |= g.cmds.iter().any(|c| c.runs.error.is_some());
         }
         let mut checks = vec![format!(
             ".tar.zst {}",

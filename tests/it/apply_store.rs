@@ -26,15 +26,7 @@ fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(cmd, child.wait_with_output().unwrap())
 }
 
 /// The hex sha256 of some bytes, by `sha256sum`.

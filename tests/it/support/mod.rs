@@ -70,6 +70,11 @@ pub fn scratch() -> tempfile::TempDir {
 /// Run a command; panic with its stdout and stderr unless it succeeds.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    succeeded(cmd, out)
+}
+
+/// `out` of `cmd`, or a panic with its stdout and stderr unless it succeeded.
+pub fn succeeded(cmd: &Command, out: Output) -> Output {
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
