@@ -118,6 +118,8 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
             Namespace::Trusted
         },
         jobs: a.jobs.unwrap_or(0),
+        // Without --json, --into reports nothing that needs a digest.
+        skip_digests: !a.json,
     };
     let inputs: Vec<Input> = a.layers.iter().map(|p| Input::from_arg(p)).collect();
     if inputs

@@ -316,7 +316,8 @@ fn run_stack(
                 }
                 let root = roots.lock().expect("poisoned").remove(&k).expect("staged");
                 let mut w = LayerWriter::new(root, opts.ns, true);
-                let r = unpack(&inputs[k], &mut w, stop).map(|d| (w, d));
+                let r = unpack(&inputs[k], &mut w, stop, true)
+                    .map(|d| (w, d.expect("hashed when asked")));
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -397,8 +398,8 @@ fn commit_in_order(
         parent = Some(store.names_of(&id)?);
         reports.push(LayerReport {
             layer: input.label.clone(),
-            diff_id,
-            chain_id: chain,
+            diff_id: Some(diff_id),
+            chain_id: Some(chain),
             path: store.path.join(&id).join("diff").display().to_string(),
             reused: was_reused,
         });
