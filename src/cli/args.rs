@@ -22,6 +22,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Unpack OCI layer tars into overlay-native layer dirs (same as `layerapply`).
     Apply(ApplyArgs),
+    /// Merge a stack of layer tars into one layer that does the same to any base.
+    Squash(SquashArgs),
 }
 
 /// `layerdiff`: an overlayfs upper dir becomes an OCI layer tar.
@@ -102,6 +104,32 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub json: bool,
     /// Worker threads (default: all cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// Options of `layerkit squash`.
+#[derive(Debug, Args)]
+pub struct SquashArgs {
+    /// Layer tars, bottom first: files (none, gzip or zstd, detected from the bytes) or "-" for stdin.
+    #[arg(required = true, value_name = "LAYER")]
+    pub layers: Vec<PathBuf>,
+    /// Output path; "-" = stdout.
+    #[arg(short, long, value_name = "FILE", required = true)]
+    pub output: PathBuf,
+    /// Compression; default from the output's extension (.tar, .tar.gz/.tgz, .tar.zst/.tzst), none on stdout.
+    #[arg(short, long, value_enum)]
+    pub compression: Option<Compression>,
+    /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
+    #[arg(long, value_name = "N")]
+    pub level: Option<i32>,
+    /// The result is for an empty base: a complete tree, no whiteouts, no opaque markers.
+    #[arg(long)]
+    pub flatten: bool,
+    /// Print the OCI descriptor (mediaType, digest, size) and the diffID as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads: layers read at once, compression workers (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
 }

@@ -13,12 +13,14 @@ use crate::apply::{apply_into, ApplyOptions, Input, Source};
 use crate::compress::Compression;
 use crate::diff::{diff, diff_to_file, name_output, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
+use crate::output::BlobOptions;
 use crate::overlay::walk::WalkOptions;
 use crate::overlay::Namespace;
+use crate::squash::{squash, squash_to_file, SquashOptions};
 use crate::store::apply_store;
 use crate::tar::write::WriteOptions;
 
-pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli};
+pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli, SquashArgs};
 
 /// Which binary is running: the three share this entry point.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,7 @@ pub fn main(who: Personality) -> ExitCode {
         Personality::Layerkit => match LayerkitCli::parse().command {
             Command::Diff(a) => ("layerkit diff", run_diff(a)),
             Command::Apply(a) => ("layerkit apply", run_apply(a)),
+            Command::Squash(a) => ("layerkit squash", run_squash(a)),
         },
         Personality::Diff => ("layerdiff", run_diff(DiffCli::parse().args)),
         Personality::Apply => ("layerapply", run_apply(ApplyCli::parse().args)),
@@ -89,6 +92,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
         jobs: a.jobs.unwrap_or(0),
         write: WriteOptions {
             clamp_mtime: a.source_date_epoch,
+            subsecond: false,
         },
     };
     let report: DiffReport = if to_stdout {
@@ -110,6 +114,63 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     Ok(())
 }
 
+/// Layer arguments; stdin can be read only once.
+fn layer_inputs(layers: &[std::path::PathBuf]) -> Result<Vec<Input>> {
+    let inputs: Vec<Input> = layers.iter().map(|p| Input::from_arg(p)).collect();
+    if inputs
+        .iter()
+        .filter(|i| matches!(i.source, Source::Stdin))
+        .count()
+        > 1
+    {
+        return Err(Error::Usage("stdin (-) can be given only once".into()));
+    }
+    Ok(inputs)
+}
+
+fn run_squash(a: SquashArgs) -> Result<()> {
+    let to_stdout = a.output == Path::new("-");
+    let compression = a.compression.unwrap_or(if to_stdout {
+        Compression::None
+    } else {
+        Compression::from_path(&a.output)
+    });
+    if to_stdout && a.json {
+        return Err(Error::Usage(
+            "--json prints on stdout, so the layer needs -o FILE".into(),
+        ));
+    }
+    if to_stdout && io::stdout().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to write a layer to a terminal; use -o FILE or a pipe".into(),
+        ));
+    }
+    let inputs = layer_inputs(&a.layers)?;
+    let opts = SquashOptions {
+        blob: BlobOptions {
+            compression,
+            level: a.level,
+            jobs: a.jobs.unwrap_or(0),
+        },
+        flatten: a.flatten,
+        spool_dir: None,
+    };
+    let descriptor = if to_stdout {
+        let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
+        squash(&inputs, out, &opts)
+            .map_err(|e| name_output(e, Path::new("<stdout>")))?
+            .0
+    } else {
+        squash_to_file(&inputs, &a.output, &opts)?
+    };
+    if a.json {
+        let mut out = io::stdout().lock();
+        let json = serde_json::to_string(&descriptor).expect("serialisable");
+        writeln!(out, "{json}").map_err(|e| Error::io("<stdout>", e))?;
+    }
+    Ok(())
+}
+
 fn run_apply(a: ApplyArgs) -> Result<()> {
     let opts = ApplyOptions {
         ns: if a.userxattr {
@@ -121,15 +182,7 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
         // Without --json, --into reports nothing that needs a digest.
         skip_digests: !a.json,
     };
-    let inputs: Vec<Input> = a.layers.iter().map(|p| Input::from_arg(p)).collect();
-    if inputs
-        .iter()
-        .filter(|i| matches!(i.source, Source::Stdin))
-        .count()
-        > 1
-    {
-        return Err(Error::Usage("stdin (-) can be given only once".into()));
-    }
+    let inputs = layer_inputs(&a.layers)?;
     let report = match (&a.into, &a.store) {
         (Some(dir), None) => {
             if inputs.len() != 1 {

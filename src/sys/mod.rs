@@ -163,3 +163,38 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
+
+/// An anonymous file in `dir` (`O_TMPFILE`, mode 0600): it has no name, so a crash leaves nothing
+/// behind. Falls back to create-then-unlink where the filesystem lacks `O_TMPFILE`.
+pub fn tmpfile_in(dir: &Path) -> io::Result<File> {
+    let d = cstr(dir.as_os_str().as_bytes())?;
+    match rfs::open(
+        d.as_c_str(),
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {
+            let r = random17()?;
+            let name = dir.join(format!(".layerkit-spool-{}", hex::encode(&r[..8])));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&name)?;
+            std::fs::remove_file(&name)?;
+            Ok(f)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `pread(f, buf, off)`.
+pub fn read_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, off)
+}
+
+/// The file is a regular file (so it can be read at any offset).
+pub fn is_regular(f: &File) -> bool {
+    fstat(f).is_ok_and(|st| file_type(&st) == FileType::RegularFile)
+}

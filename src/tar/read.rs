@@ -51,6 +51,9 @@ pub struct TarEntry {
     pub header_offset: u64,
     /// Offset of the member's data.
     pub data_offset: u64,
+    /// A PAX global header stood among this member's extension headers (copying the member's
+    /// bytes elsewhere would carry it to the members after it).
+    pub global: bool,
 }
 
 /// Streaming reader: call [`Reader::next_entry`], read the data with [`Reader::data`] if wanted
@@ -73,6 +76,7 @@ struct Pending {
     gnu_name: Option<Vec<u8>>,
     gnu_link: Option<Vec<u8>>,
     start: Option<u64>,
+    global: bool,
 }
 
 fn bad(label: &str, at: u64, what: impl Into<String>) -> Error {
@@ -224,6 +228,7 @@ impl<R: Read> Reader<R> {
                     // applies them; no layer writer we know emits them, so neither reading wins.
                     let data = self.read_meta(size, "PAX global header")?;
                     parse_pax(&data).map_err(|m| bad(&self.label, at, m))?;
+                    p.global = true;
                     continue;
                 }
                 b'L' | b'K' => {
@@ -248,6 +253,7 @@ impl<R: Read> Reader<R> {
                 },
                 size,
                 header_offset: p.start.unwrap_or(at),
+                global: p.global,
                 ..Default::default()
             };
             let num = |f: &[u8], what: &str| {

@@ -19,6 +19,9 @@ const CHUNK: usize = 1 << 20;
 pub struct WriteOptions {
     /// Clamp every mtime to at most this (`SOURCE_DATE_EPOCH`, as `tar --clamp-mtime`).
     pub clamp_mtime: Option<i64>,
+    /// Keep nanoseconds of mtimes (a PAX `mtime` record when they are not zero). Squash keeps what
+    /// its input layers said; a diff writes whole seconds, as moby, containerd and umoci do.
+    pub subsecond: bool,
 }
 
 /// Writes entries as a tar stream into `W`.
@@ -51,6 +54,14 @@ impl<W: Write> TarWriter<W> {
         self.flush_buf()?;
         self.out.flush()?;
         Ok(self.out)
+    }
+
+    /// Copy `len` bytes of already-encoded members (headers, data, padding) from `raw` verbatim.
+    /// `len` must be a whole number of blocks, so the stream stays block-aligned.
+    pub fn put_raw(&mut self, raw: &mut dyn Read, len: u64) -> Result<()> {
+        debug_assert_eq!(len % BLOCK as u64, 0);
+        self.data(b"<raw>", len, raw)?;
+        Ok(())
     }
 
     /// Bytes of tar written so far.
@@ -111,7 +122,12 @@ impl<W: Write> TarWriter<W> {
         if !octal_fits(&mut block[124..136], h.size) {
             pax_record(&mut pax, b"size", h.size.to_string().as_bytes());
         }
-        if h.mtime < 0 || !octal_fits(&mut block[136..148], h.mtime as u64) {
+        let fits = octal_fits(&mut block[136..148], h.mtime.max(0) as u64);
+        if h.mtime_nsec != 0 {
+            let frac = format!("{:09}", h.mtime_nsec);
+            let v = format!("{}.{}", h.mtime, frac.trim_end_matches('0'));
+            pax_record(&mut pax, b"mtime", v.as_bytes());
+        } else if h.mtime < 0 || !fits {
             pax_record(&mut pax, b"mtime", h.mtime.to_string().as_bytes());
         }
         block[156] = h.typeflag;
@@ -221,6 +237,7 @@ struct Header<'a> {
     gid: u64,
     size: u64,
     mtime: i64,
+    mtime_nsec: u32,
     typeflag: u8,
     linkname: &'a [u8],
     dev: (u32, u32),
@@ -234,12 +251,13 @@ impl<W: Write> Sink for TarWriter<W> {
             uid,
             gid,
             mtime,
+            mtime_nsec,
             ref xattrs,
-            ..
         } = entry.meta;
-        let mtime = match self.opts.clamp_mtime {
-            Some(c) => mtime.min(c),
-            None => mtime,
+        let (mtime, mtime_nsec) = match self.opts.clamp_mtime {
+            Some(c) if mtime >= c => (c, 0),
+            _ if !self.opts.subsecond => (mtime, 0),
+            _ => (mtime, mtime_nsec),
         };
         let mut h = Header {
             name: entry.path.clone(),
@@ -248,6 +266,7 @@ impl<W: Write> Sink for TarWriter<W> {
             gid,
             size: 0,
             mtime,
+            mtime_nsec,
             typeflag: b'0',
             linkname: b"",
             dev: (0, 0),
@@ -260,6 +279,7 @@ impl<W: Write> Sink for TarWriter<W> {
             gid: 0,
             size: 0,
             mtime: 0,
+            mtime_nsec: 0,
             typeflag: b'0',
             linkname: b"",
             dev: (0, 0),
@@ -308,8 +328,11 @@ impl<W: Write> Sink for TarWriter<W> {
                 self.header(&fixed(n));
             }
             Kind::Opaque => {
+                // An empty path is the layer root: `.wh..wh..opq` at the top.
                 let mut n = entry.path.clone();
-                n.push(b'/');
+                if !n.is_empty() {
+                    n.push(b'/');
+                }
                 n.extend_from_slice(OPAQUE_MARKER);
                 self.header(&fixed(n));
             }

@@ -1,0 +1,174 @@
+//! Read one layer into an index: every member as a changeset entry plus where its bytes lie, so
+//! that the output can copy them verbatim later, in any order.
+//!
+//! An uncompressed layer that is a regular file is read in place (`pread` later). Any other layer
+//! (gzip, zstd, stdin, a pipe) is decompressed once and its tar spooled into an anonymous temporary
+//! file as it is parsed: the output needs random access to the members, and decompressing twice
+//! would cost more than the page-cache copy. Memory holds only the index (paths and metadata).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use crate::apply::{Input, Source};
+use crate::compress::{decoder, Compression};
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::tar::entry::to_entry;
+use crate::tar::read::Reader;
+use crate::tar::BLOCK;
+
+/// One member of a layer.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// What the member says (path cleaned, markers decoded).
+    pub entry: Entry,
+    /// The member's bytes in the layer's tar: extension headers, header, data, padding.
+    pub start: u64,
+    /// End of those bytes (block-aligned).
+    pub end: u64,
+    /// Where the data starts (files).
+    pub data: u64,
+    /// The bytes can be copied as they are: no PAX global header among them.
+    pub copyable: bool,
+}
+
+/// A layer's index and the uncompressed tar it points into.
+#[derive(Debug)]
+pub struct LayerIndex {
+    /// The layer as the user named it.
+    pub label: String,
+    /// Members in archive order.
+    pub members: Vec<Member>,
+    /// The uncompressed tar: the input file itself or the spool.
+    pub tar: File,
+}
+
+/// Tees everything read into the spool.
+struct Spool<R> {
+    inner: R,
+    out: io::BufWriter<File>,
+}
+
+impl<R: Read> Read for Spool<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Index `input`; the spool (if needed) goes into `tmp`.
+pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
+    let label = input.label.as_str();
+    let file = match &input.source {
+        Source::Path(p) => {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::Usage(format!("{label}: bad path")))?;
+            Some(sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(label, e))?)
+        }
+        Source::Stdin => None,
+    };
+    let src: Box<dyn Read + Send> = match &file {
+        Some(f) => Box::new(f.try_clone().map_err(|e| Error::io(label, e))?),
+        None => Box::new(io::stdin()),
+    };
+    let (kind, dec) = decoder(src).map_err(|e| Error::io(label, e))?;
+    let mut dec = Named { inner: dec, kind };
+    let in_place = kind == Compression::None && file.as_ref().is_some_and(sys::is_regular);
+    let (members, tar) = if in_place {
+        let members = read_members(&mut dec, label)?;
+        (members, file.expect("in place means a file"))
+    } else {
+        let spool = sys::tmpfile_in(tmp).map_err(|e| Error::io(tmp, e))?;
+        let out = spool.try_clone().map_err(|e| Error::io(tmp, e))?;
+        let mut s = Spool {
+            inner: dec,
+            out: io::BufWriter::with_capacity(1 << 20, out),
+        };
+        let members = read_members(&mut s, label)?;
+        s.out.flush().map_err(|e| Error::io(tmp, e))?;
+        (members, spool)
+    };
+    Ok(LayerIndex {
+        label: label.to_string(),
+        members,
+        tar,
+    })
+}
+
+/// Decoder errors name the compression, as `layerapply`'s do.
+struct Named<R> {
+    inner: R,
+    kind: Compression,
+}
+
+impl<R: Read> Read for Named<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if self.kind == Compression::None {
+                e
+            } else {
+                io::Error::new(
+                    e.kind(),
+                    format!("corrupt {} stream: {e}", self.kind.name()),
+                )
+            }
+        })
+    }
+}
+
+fn read_members(r: &mut dyn Read, label: &str) -> Result<Vec<Member>> {
+    let mut rd = Reader::new(&mut *r, label);
+    let mut members = Vec::new();
+    while let Some(te) = rd.next_entry()? {
+        let entry = to_entry(&te).map_err(|e| e.in_layer(label))?;
+        let padded = te.size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        members.push(Member {
+            entry,
+            start: te.header_offset,
+            end: te.data_offset + padded,
+            data: te.data_offset,
+            copyable: !te.global,
+        });
+    }
+    drop(rd);
+    // Read through the end-of-archive padding: gzip's CRC and zstd's checksum are checked only at
+    // the end of the stream.
+    io::copy(r, &mut io::sink()).map_err(|e| Error::io(label, e))?;
+    Ok(members)
+}
+
+/// A reader over `len` bytes of `f` from `off`; a short file is an error, not a short copy.
+pub struct Range<'a> {
+    f: &'a File,
+    off: u64,
+    left: u64,
+}
+
+impl<'a> Range<'a> {
+    /// `len` bytes of `f` from `off`.
+    pub fn new(f: &'a File, off: u64, len: u64) -> Self {
+        Range { f, off, left: len }
+    }
+}
+
+impl Read for Range<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let k = (buf.len() as u64).min(self.left) as usize;
+        let n = sys::read_at(self.f, &mut buf[..k], self.off)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "layer file shrank while squashing",
+            ));
+        }
+        self.off += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,718 @@
+//! The squash algebra: fold the layers' indexes, bottom first, into one tree of what the range
+//! changes relative to any base, then lay that tree out as an output plan.
+//!
+//! The tree holds, per path, what the stack leaves there *relative to the base*: nothing said
+//! (`Pass`: the base's own entry, if any, shows), deleted (`Whiteout`), a directory (with the
+//! latest header, and `fresh` when it hides everything the base had below it: the opaque case), or
+//! a non-directory (one "inode", shared by hardlinked names). Each layer acts in two steps, as the
+//! OCI rules and our applier have it: first its whiteouts and opaque markers on what the layers
+//! below made, then its other members in archive order (a non-dir replaces a whole subtree, a dir
+//! over a dir keeps the children and takes the new header). Parent paths are resolved through the
+//! symlinks the range itself made, with chroot semantics, as a flat extraction would.
+//!
+//! The plan is a depth-first walk, children in byte order with whiteouts first: every dir before
+//! its children, its opaque marker right after it, every hardlink after the name that carries the
+//! data. A member that comes out unchanged (same path, same role) is copied as raw bytes.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::entry::{Entry, Kind, Meta};
+use crate::error::{Error, Result, Rule};
+use crate::squash::index::LayerIndex;
+use crate::tar::entry::show;
+
+/// A member of a layer: (layer, member) indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MRef {
+    /// Layer index, bottom first.
+    pub layer: usize,
+    /// Member index in that layer.
+    pub member: usize,
+}
+
+/// One unit of output.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// Bytes `start..end` of a layer's uncompressed tar, copied as they are.
+    Raw {
+        /// Layer index.
+        layer: usize,
+        /// First byte.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// An entry encoded anew; a file's data is copied from `(layer, offset)`.
+    Entry {
+        /// The entry.
+        entry: Entry,
+        /// For files: layer index and data offset.
+        data: Option<(usize, u64)>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Header {
+    /// A layer's dir member: the latest one wins.
+    Member(MRef),
+    /// No member, and the base's entry (if any) is hidden: the output needs a header of its own
+    /// (0755, root, mtime 0: what an applier gives a missing parent).
+    Synth,
+    /// No member; the base's dir (if any) keeps its attributes, so the output names none.
+    Implied,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Pass,
+    Whiteout,
+    Dir { header: Header, fresh: bool },
+    NonDir { inode: usize, by: MRef },
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    state: State,
+    kids: BTreeMap<Vec<u8>, Node>,
+}
+
+impl Node {
+    fn new(state: State) -> Node {
+        Node {
+            state,
+            kids: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Inode {
+    /// Created by this member (a file, symlink, device or fifo).
+    Member(MRef),
+    /// A hardlink into the base, to this path; valid only if the range leaves the path alone.
+    Base { target: Vec<Vec<u8>>, by: MRef },
+}
+
+/// What a path is in the tree.
+struct Look<'t> {
+    node: Option<&'t Node>,
+    /// An ancestor is deleted or not a dir: the path cannot exist.
+    hidden: bool,
+    /// An ancestor is a fresh dir (or the base is empty): the base has nothing at the path.
+    fresh_above: bool,
+}
+
+const MAX_LINKS: usize = 40;
+
+/// The fold.
+pub struct Merger<'a> {
+    layers: &'a [LayerIndex],
+    root: Node,
+    inodes: Vec<Inode>,
+    flatten: bool,
+}
+
+fn comps(path: &[u8]) -> Vec<Vec<u8>> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect()
+}
+
+fn joined(c: &[Vec<u8>]) -> Vec<u8> {
+    c.join(&b'/')
+}
+
+impl<'a> Merger<'a> {
+    /// A fold over `layers` (bottom first). `flatten`: the base is empty.
+    pub fn new(layers: &'a [LayerIndex], flatten: bool) -> Self {
+        Merger {
+            layers,
+            root: Node::new(State::Dir {
+                header: Header::Implied,
+                fresh: flatten,
+            }),
+            inodes: Vec::new(),
+            flatten,
+        }
+    }
+
+    fn member(&self, m: MRef) -> &'a Entry {
+        &self.layers[m.layer].members[m.member].entry
+    }
+
+    fn reject(&self, m: MRef, rule: Rule, detail: impl Into<String>) -> Error {
+        Error::rejected(show(&self.member(m).path), rule, detail)
+            .in_layer(&self.layers[m.layer].label)
+    }
+
+    /// Fold every layer.
+    pub fn run(mut self) -> Result<Vec<Item>> {
+        for layer in 0..self.layers.len() {
+            self.layer(layer)?;
+        }
+        self.check_base_links()?;
+        Ok(self.plan())
+    }
+
+    fn layer(&mut self, layer: usize) -> Result<()> {
+        let members = &self.layers[layer].members;
+        // Step 1: deletions act on the layers below only, wherever they stand in the tar.
+        for (i, m) in members.iter().enumerate() {
+            let r = MRef { layer, member: i };
+            match m.entry.kind {
+                Kind::Whiteout => {
+                    let c = self.resolve(&m.entry.path, r)?;
+                    self.whiteout(&c);
+                }
+                Kind::Opaque => {
+                    let c = self.resolve(&m.entry.path, r)?;
+                    self.clear(&c);
+                }
+                _ => {}
+            }
+        }
+        // Step 2: the layer's own members, in order; the last of duplicates wins.
+        for (i, m) in members.iter().enumerate() {
+            let r = MRef { layer, member: i };
+            match &m.entry.kind {
+                Kind::Whiteout => {}
+                Kind::Opaque => {
+                    // The marker's dir exists in this layer (implied by the marker's path).
+                    let c = self.resolve(&m.entry.path, r)?;
+                    let parent = self.make_parents(&c);
+                    if let Some(name) = c.last() {
+                        let n = parent
+                            .kids
+                            .entry(name.clone())
+                            .or_insert_with(|| Node::new(State::Pass));
+                        match n.state {
+                            State::Dir { .. } => {}
+                            // Nothing below to hide (step 1 cleared what was): an empty dir
+                            // that shows, with the base's attributes if it has one.
+                            State::Pass => {
+                                n.state = State::Dir {
+                                    header: Header::Implied,
+                                    fresh: true,
+                                }
+                            }
+                            // Deleted or replaced earlier in this layer's step 1 or below: the
+                            // marker's dir is new.
+                            State::Whiteout | State::NonDir { .. } => {
+                                n.kids.clear();
+                                n.state = State::Dir {
+                                    header: Header::Synth,
+                                    fresh: true,
+                                }
+                            }
+                        }
+                    }
+                }
+                Kind::Dir => {
+                    let c = self.resolve(&m.entry.path, r)?;
+                    let node = self.make_node(&c);
+                    node.state = match node.state {
+                        State::Dir { fresh, .. } => State::Dir {
+                            header: Header::Member(r),
+                            fresh,
+                        },
+                        State::Pass => State::Dir {
+                            header: Header::Member(r),
+                            fresh: false,
+                        },
+                        State::Whiteout | State::NonDir { .. } => {
+                            node.kids.clear();
+                            State::Dir {
+                                header: Header::Member(r),
+                                fresh: true,
+                            }
+                        }
+                    };
+                }
+                Kind::Hardlink { target } => {
+                    let c = self.resolve(&m.entry.path, r)?;
+                    if c.is_empty() {
+                        return Err(self.reject(r, Rule::RootType, "the root must be a directory"));
+                    }
+                    let t = self.resolve(target, r)?;
+                    if t == c {
+                        return Err(self.reject(r, Rule::Hardlink, "links to itself"));
+                    }
+                    let look = self.look(&t);
+                    let inode = match look.node.map(|n| &n.state) {
+                        Some(State::NonDir { inode, .. }) if !look.hidden => *inode,
+                        Some(State::Dir { .. }) if !look.hidden => {
+                            return Err(self.reject(
+                                r,
+                                Rule::Hardlink,
+                                format!("target {} is a directory", show(target)),
+                            ))
+                        }
+                        None | Some(State::Pass) if !look.hidden && !look.fresh_above => {
+                            self.inodes.push(Inode::Base {
+                                target: t.clone(),
+                                by: r,
+                            });
+                            self.inodes.len() - 1
+                        }
+                        _ => {
+                            return Err(self.reject(
+                                r,
+                                Rule::Hardlink,
+                                format!(
+                                    "target {} does not exist at this point of the stack{}",
+                                    show(target),
+                                    if self.flatten {
+                                        " (--flatten: the base is empty)"
+                                    } else {
+                                        ""
+                                    }
+                                ),
+                            ))
+                        }
+                    };
+                    let node = self.make_node(&c);
+                    node.kids.clear();
+                    node.state = State::NonDir { inode, by: r };
+                }
+                _ => {
+                    let c = self.resolve(&m.entry.path, r)?;
+                    if c.is_empty() {
+                        return Err(self.reject(r, Rule::RootType, "the root must be a directory"));
+                    }
+                    self.inodes.push(Inode::Member(r));
+                    let inode = self.inodes.len() - 1;
+                    let node = self.make_node(&c);
+                    node.kids.clear();
+                    node.state = State::NonDir { inode, by: r };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The symlink target at `path`, if the range made a symlink there.
+    fn symlink_at(&self, path: &[Vec<u8>]) -> Option<&'a [u8]> {
+        let look = self.look(path);
+        if look.hidden {
+            return None;
+        }
+        match look.node?.state {
+            State::NonDir { inode, .. } => match &self.inodes[inode] {
+                Inode::Member(m) => match &self.member(*m).kind {
+                    Kind::Symlink { target } => Some(target),
+                    _ => None,
+                },
+                Inode::Base { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// `path` with its parents resolved through the range's symlinks (chroot semantics: an
+    /// absolute target starts at the root, `..` stops there); the last component is not followed.
+    fn resolve(&self, path: &[u8], by: MRef) -> Result<Vec<Vec<u8>>> {
+        let mut todo: VecDeque<Vec<u8>> = comps(path).into();
+        let mut done: Vec<Vec<u8>> = Vec::new();
+        let mut links = 0;
+        while todo.len() > 1 {
+            let c = todo.pop_front().expect("len > 1");
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            done.push(c);
+            if let Some(target) = self.symlink_at(&done) {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(self.reject(
+                        by,
+                        Rule::SymlinkLoop,
+                        "too many symlinks in its parent path",
+                    ));
+                }
+                done.pop();
+                if target.starts_with(b"/") {
+                    done.clear();
+                }
+                for t in target.split(|&b| b == b'/').rev() {
+                    todo.push_front(t.to_vec());
+                }
+            }
+        }
+        if let Some(last) = todo.pop_front() {
+            match last.as_slice() {
+                b"" | b"." => {}
+                b".." => {
+                    done.pop();
+                }
+                _ => done.push(last),
+            }
+        }
+        Ok(done)
+    }
+
+    fn look(&self, path: &[Vec<u8>]) -> Look<'_> {
+        let mut node = &self.root;
+        let mut fresh_above = self.flatten;
+        for c in path {
+            match node.state {
+                State::Dir { fresh, .. } => fresh_above |= fresh,
+                State::Pass => {}
+                State::Whiteout | State::NonDir { .. } => {
+                    return Look {
+                        node: None,
+                        hidden: true,
+                        fresh_above,
+                    }
+                }
+            }
+            match node.kids.get(c) {
+                Some(n) => node = n,
+                None => {
+                    return Look {
+                        node: None,
+                        hidden: false,
+                        fresh_above,
+                    }
+                }
+            }
+        }
+        Look {
+            node: Some(node),
+            hidden: false,
+            fresh_above,
+        }
+    }
+
+    /// A whiteout from a layer: the path goes, with everything the layers below put under it.
+    fn whiteout(&mut self, path: &[Vec<u8>]) {
+        let look = self.look(path);
+        if look.hidden || path.is_empty() {
+            return;
+        }
+        let fresh_above = look.fresh_above;
+        let (name, dir) = path.split_last().expect("non-empty");
+        let mut node = &mut self.root;
+        for c in dir {
+            node = node
+                .kids
+                .entry(c.clone())
+                .or_insert_with(|| Node::new(State::Pass));
+        }
+        if fresh_above {
+            // The base has nothing here: deleting the range's entry is all there is to do.
+            node.kids.remove(name);
+        } else {
+            node.kids.insert(name.clone(), Node::new(State::Whiteout));
+        }
+    }
+
+    /// An opaque marker: everything the layers below put under the dir goes, and the dir hides
+    /// whatever the base has there.
+    fn clear(&mut self, path: &[Vec<u8>]) {
+        if self.look(path).hidden {
+            return;
+        }
+        let mut node = &mut self.root;
+        for c in path {
+            node = node
+                .kids
+                .entry(c.clone())
+                .or_insert_with(|| Node::new(State::Pass));
+        }
+        node.kids.clear();
+        node.state = match node.state {
+            State::Dir { header, .. } => State::Dir {
+                header,
+                fresh: true,
+            },
+            State::Pass => State::Dir {
+                header: Header::Implied,
+                fresh: true,
+            },
+            State::Whiteout | State::NonDir { .. } => State::Dir {
+                header: Header::Synth,
+                fresh: true,
+            },
+        };
+    }
+
+    /// The parent dirs of `path`, made dirs where the range had deleted them or put a non-dir
+    /// there (such a dir starts empty: fresh).
+    fn make_parents(&mut self, path: &[Vec<u8>]) -> &mut Node {
+        let mut node = &mut self.root;
+        let Some((_, dir)) = path.split_last() else {
+            return node;
+        };
+        for c in dir {
+            node = node
+                .kids
+                .entry(c.clone())
+                .or_insert_with(|| Node::new(State::Pass));
+            if matches!(node.state, State::Whiteout | State::NonDir { .. }) {
+                node.kids.clear();
+                node.state = State::Dir {
+                    header: Header::Synth,
+                    fresh: true,
+                };
+            }
+        }
+        node
+    }
+
+    fn make_node(&mut self, path: &[Vec<u8>]) -> &mut Node {
+        if path.is_empty() {
+            return &mut self.root;
+        }
+        let name = path.last().expect("non-empty").clone();
+        self.make_parents(path)
+            .kids
+            .entry(name)
+            .or_insert_with(|| Node::new(State::Pass))
+    }
+
+    /// A link into the base is only right if the range leaves its target alone: after the squash
+    /// the link is made before or after the range's change, never where the stack made it.
+    fn check_base_links(&self) -> Result<()> {
+        let mut used = vec![false; self.inodes.len()];
+        mark_used(&self.root, &mut used);
+        for (i, inode) in self.inodes.iter().enumerate() {
+            if let (true, Inode::Base { target, by }) = (used[i], inode) {
+                let look = self.look(target);
+                let untouched = !look.hidden
+                    && !look.fresh_above
+                    && matches!(look.node.map(|n| &n.state), None | Some(State::Pass));
+                if !untouched {
+                    return Err(self.reject(
+                        *by,
+                        Rule::Hardlink,
+                        format!(
+                            "links to {} below the squashed layers, which a later layer changes; \
+                             the squash cannot hold that file's content",
+                            show(&joined(target))
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn plan(&self) -> Vec<Item> {
+        let mut slots = Vec::new();
+        if let State::Dir { header, fresh } = self.root.state {
+            if let Header::Member(m) = header {
+                slots.push(Slot::Item(self.dir_item(m, &[])));
+            }
+            if fresh && !self.flatten {
+                slots.push(Slot::Item(marker(Vec::new(), Kind::Opaque)));
+            }
+            let fresh_above = fresh || self.flatten;
+            self.walk(&self.root, &mut Vec::new(), fresh_above, &mut slots);
+        }
+        self.place_names(slots)
+    }
+
+    fn dir_item(&self, m: MRef, path: &[Vec<u8>]) -> Item {
+        let mem = &self.layers[m.layer].members[m.member];
+        let p = joined(path);
+        if mem.copyable && mem.entry.path == p {
+            Item::Raw {
+                layer: m.layer,
+                start: mem.start,
+                end: mem.end,
+            }
+        } else {
+            Item::Entry {
+                entry: Entry {
+                    path: p,
+                    kind: Kind::Dir,
+                    meta: mem.entry.meta.clone(),
+                },
+                data: None,
+            }
+        }
+    }
+
+    /// Children of `node` at `path`: whiteouts first, then the rest, each in byte order.
+    fn walk(&self, node: &Node, path: &mut Vec<Vec<u8>>, fresh_above: bool, out: &mut Vec<Slot>) {
+        for (name, kid) in &node.kids {
+            if matches!(kid.state, State::Whiteout) && !fresh_above {
+                path.push(name.clone());
+                out.push(Slot::Item(marker(joined(path), Kind::Whiteout)));
+                path.pop();
+            }
+        }
+        for (name, kid) in &node.kids {
+            path.push(name.clone());
+            match kid.state {
+                State::Whiteout => {}
+                State::Pass => {
+                    let mut inner = Vec::new();
+                    self.walk(kid, path, fresh_above, &mut inner);
+                    if !inner.is_empty() {
+                        if fresh_above {
+                            out.push(Slot::Item(synth_dir(joined(path))));
+                        }
+                        out.append(&mut inner);
+                    }
+                }
+                State::Dir { header, fresh } => {
+                    match header {
+                        Header::Member(m) => out.push(Slot::Item(self.dir_item(m, path))),
+                        Header::Synth => out.push(Slot::Item(synth_dir(joined(path)))),
+                        Header::Implied if fresh_above => {
+                            out.push(Slot::Item(synth_dir(joined(path))))
+                        }
+                        Header::Implied => {}
+                    }
+                    if fresh && !fresh_above {
+                        out.push(Slot::Item(marker(joined(path), Kind::Opaque)));
+                    }
+                    self.walk(kid, path, fresh_above || fresh, out);
+                }
+                State::NonDir { inode, by } => out.push(Slot::Name {
+                    inode,
+                    by,
+                    path: joined(path),
+                }),
+            }
+            path.pop();
+        }
+    }
+
+    /// Turn names into items: each inode's data goes with one name (the member's own path if it
+    /// survives, else the first), every other name becomes a hardlink placed after it.
+    fn place_names(&self, slots: Vec<Slot>) -> Vec<Item> {
+        let mut carrier: Vec<Option<Vec<u8>>> = vec![None; self.inodes.len()];
+        for s in &slots {
+            if let Slot::Name { inode, by, path } = s {
+                let own = matches!(self.inodes[*inode], Inode::Member(m) if m == *by);
+                if carrier[*inode].is_none() || own {
+                    carrier[*inode] = Some(path.clone());
+                }
+            }
+        }
+        let mut emitted = vec![false; self.inodes.len()];
+        let mut waiting: Vec<Vec<(MRef, Vec<u8>)>> = vec![Vec::new(); self.inodes.len()];
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let (inode, by, path) = match s {
+                Slot::Item(i) => {
+                    out.push(i);
+                    continue;
+                }
+                Slot::Name { inode, by, path } => (inode, by, path),
+            };
+            match &self.inodes[inode] {
+                Inode::Base { target, .. } => out.push(self.link_item(by, path, joined(target))),
+                Inode::Member(m) => {
+                    let c = carrier[inode].as_ref().expect("a name was seen");
+                    if *c == path {
+                        out.push(self.full_item(*m, path.clone()));
+                        emitted[inode] = true;
+                        for (b, p) in std::mem::take(&mut waiting[inode]) {
+                            out.push(self.link_item(b, p, path.clone()));
+                        }
+                    } else if emitted[inode] {
+                        out.push(self.link_item(by, path, c.clone()));
+                    } else {
+                        waiting[inode].push((by, path));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn full_item(&self, m: MRef, path: Vec<u8>) -> Item {
+        let mem = &self.layers[m.layer].members[m.member];
+        if mem.copyable && mem.entry.path == path {
+            return Item::Raw {
+                layer: m.layer,
+                start: mem.start,
+                end: mem.end,
+            };
+        }
+        let data = match mem.entry.kind {
+            Kind::File { .. } => Some((m.layer, mem.data)),
+            _ => None,
+        };
+        Item::Entry {
+            entry: Entry {
+                path,
+                kind: mem.entry.kind.clone(),
+                meta: mem.entry.meta.clone(),
+            },
+            data,
+        }
+    }
+
+    fn link_item(&self, by: MRef, path: Vec<u8>, target: Vec<u8>) -> Item {
+        let mem = &self.layers[by.layer].members[by.member];
+        let same = matches!(&mem.entry.kind, Kind::Hardlink { target: t } if *t == target);
+        if mem.copyable && same && mem.entry.path == path {
+            return Item::Raw {
+                layer: by.layer,
+                start: mem.start,
+                end: mem.end,
+            };
+        }
+        Item::Entry {
+            entry: Entry {
+                path,
+                kind: Kind::Hardlink { target },
+                meta: mem.entry.meta.clone(),
+            },
+            data: None,
+        }
+    }
+}
+
+enum Slot {
+    Item(Item),
+    Name {
+        inode: usize,
+        by: MRef,
+        path: Vec<u8>,
+    },
+}
+
+fn mark_used(node: &Node, used: &mut [bool]) {
+    if let State::NonDir { inode, .. } = node.state {
+        used[inode] = true;
+    }
+    for k in node.kids.values() {
+        mark_used(k, used);
+    }
+}
+
+fn marker(path: Vec<u8>, kind: Kind) -> Item {
+    Item::Entry {
+        entry: Entry {
+            path,
+            kind,
+            meta: Meta::default(),
+        },
+        data: None,
+    }
+}
+
+fn synth_dir(path: Vec<u8>) -> Item {
+    Item::Entry {
+        entry: Entry {
+            path,
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+        },
+        data: None,
+    }
+}

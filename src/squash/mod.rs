@@ -1,0 +1,125 @@
+//! The squash job: N layers -> one layer that does the same to any base.
+//!
+//! ```text
+//! index workers (-j, one layer each): decompress -> tar reader -> index (+ spool if compressed)
+//! caller's thread:                   merge::Merger folds the indexes bottom-up into a plan
+//! producer thread:                   plan -> TarWriter (raw member bytes copied by pread)
+//!                                    ──chunks──> output::write_blob (diffID, compressor, digest)
+//! ```
+//! Layers are read in parallel; the output is a function of the indexes alone, so the same input
+//! gives the same bytes at any `-j`.
+
+pub mod index;
+pub mod merge;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::apply::Input;
+use crate::digest::Descriptor;
+use crate::entry::{Kind, Sink};
+use crate::error::{Error, Result};
+use crate::output::{default_jobs, stop_if_pipe, to_file, write_blob, BlobOptions};
+use crate::tar::write::{TarWriter, WriteOptions};
+use index::{LayerIndex, Range};
+use merge::{Item, Merger};
+
+/// What to produce.
+#[derive(Debug, Clone, Default)]
+pub struct SquashOptions {
+    /// Blob compression, level and worker threads (also the number of layers read at once).
+    pub blob: BlobOptions,
+    /// The result is for an empty base: no whiteouts, no opaque markers, every dir named.
+    pub flatten: bool,
+    /// Where compressed layers are spooled uncompressed while squashing (default: the system's
+    /// temporary dir).
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Index every layer, `jobs` at once. The first failure (in layer order) is reported.
+fn index_all(inputs: &[Input], opts: &SquashOptions) -> Result<Vec<LayerIndex>> {
+    let jobs = match opts.blob.jobs {
+        0 => default_jobs(),
+        j => j,
+    }
+    .clamp(1, inputs.len().max(1));
+    let tmp = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<LayerIndex>>> = (0..inputs.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(input) = inputs.get(i) else { break };
+                        mine.push((i, index::index(input, &tmp)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for w in workers {
+            for (i, r) in w.join().expect("index worker panicked") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every layer indexed"))
+        .collect()
+}
+
+/// Squash `inputs` (bottom first) into `out`.
+pub fn squash<W: Write + Send>(
+    inputs: &[Input],
+    out: W,
+    opts: &SquashOptions,
+) -> Result<(Descriptor, W)> {
+    if inputs.is_empty() {
+        return Err(Error::Usage("no layers to squash".into()));
+    }
+    let layers = index_all(inputs, opts)?;
+    let plan = Merger::new(&layers, opts.flatten).run()?;
+    let (descriptor, (), out) = write_blob(out, &opts.blob, |chunks| {
+        let mut w = TarWriter::new(
+            chunks,
+            WriteOptions {
+                clamp_mtime: None,
+                subsecond: true,
+            },
+        );
+        for item in &plan {
+            let (res, layer) = match item {
+                Item::Raw { layer, start, end } => {
+                    let mut r = Range::new(&layers[*layer].tar, *start, end - start);
+                    (w.put_raw(&mut r, end - start), Some(*layer))
+                }
+                Item::Entry { entry, data } => match (data, &entry.kind) {
+                    (Some((layer, off)), Kind::File { size }) => {
+                        let mut r = Range::new(&layers[*layer].tar, *off, *size);
+                        (w.put(entry, &mut r), Some(*layer))
+                    }
+                    _ => (w.put(entry, &mut io::empty()), None),
+                },
+            };
+            res.map_err(|e| match (stop_if_pipe(e), layer) {
+                (Error::Stopped, _) => Error::Stopped,
+                (e, Some(l)) => e.in_layer(&layers[l].label),
+                (e, None) => e,
+            })?;
+        }
+        w.finish().map_err(|_| Error::Stopped)?;
+        Ok(())
+    })?;
+    Ok((descriptor, out))
+}
+
+/// Squash into the file `path`, staged under a temporary name and renamed into place when
+/// complete: a failure leaves no file behind.
+pub fn squash_to_file(inputs: &[Input], path: &Path, opts: &SquashOptions) -> Result<Descriptor> {
+    to_file(path, |w| squash(inputs, w, opts))
+}
