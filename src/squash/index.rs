@@ -7,7 +7,7 @@
 //! would cost more than the page-cache copy. Memory holds only the index (paths and metadata).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 
 use crate::apply::{Input, Source};
@@ -75,19 +75,23 @@ pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
         None => Box::new(io::stdin()),
     };
     let (kind, dec) = decoder(src).map_err(|e| Error::io(label, e))?;
-    let mut dec = Named { inner: dec, kind };
     let in_place = kind == Compression::None && file.as_ref().is_some_and(sys::is_regular);
     let (members, tar) = if in_place {
-        let members = read_members(&mut dec, label)?;
-        (members, file.expect("in place means a file"))
+        drop(dec);
+        let f = file.expect("in place means a file");
+        let mut buf =
+            io::BufReader::with_capacity(1 << 16, f.try_clone().map_err(|e| Error::io(label, e))?);
+        buf.rewind().map_err(|e| Error::io(label, e))?;
+        let rd = Reader::with_skip(buf, label, |r, n| r.seek_relative(n as i64));
+        (read_members(rd, label)?.0, f)
     } else {
         let spool = sys::tmpfile_in(tmp).map_err(|e| Error::io(tmp, e))?;
         let out = spool.try_clone().map_err(|e| Error::io(tmp, e))?;
-        let mut s = Spool {
-            inner: dec,
+        let s = Spool {
+            inner: Named { inner: dec, kind },
             out: io::BufWriter::with_capacity(1 << 20, out),
         };
-        let members = read_members(&mut s, label)?;
+        let (members, mut s) = read_members(Reader::new(s, label), label)?;
         s.out.flush().map_err(|e| Error::io(tmp, e))?;
         (members, spool)
     };
@@ -119,8 +123,7 @@ impl<R: Read> Read for Named<R> {
     }
 }
 
-fn read_members(r: &mut dyn Read, label: &str) -> Result<Vec<Member>> {
-    let mut rd = Reader::new(&mut *r, label);
+fn read_members<R: Read>(mut rd: Reader<R>, label: &str) -> Result<(Vec<Member>, R)> {
     let mut members = Vec::new();
     while let Some(te) = rd.next_entry()? {
         let entry = to_entry(&te).map_err(|e| e.in_layer(label))?;
@@ -133,11 +136,11 @@ fn read_members(r: &mut dyn Read, label: &str) -> Result<Vec<Member>> {
             copyable: !te.global,
         });
     }
-    drop(rd);
     // Read through the end-of-archive padding: gzip's CRC and zstd's checksum are checked only at
     // the end of the stream.
-    io::copy(r, &mut io::sink()).map_err(|e| Error::io(label, e))?;
-    Ok(members)
+    let mut r = rd.into_inner();
+    io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io(label, e))?;
+    Ok((members, r))
 }
 
 /// A reader over `len` bytes of `f` from `off`; a short file is an error, not a short copy.

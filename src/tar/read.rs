@@ -68,6 +68,8 @@ pub struct Reader<R: Read> {
     done: bool,
     /// Name used in error messages (the layer).
     label: String,
+    /// Passes over data nobody reads without copying it (a seekable source).
+    seek: Option<fn(&mut R, u64) -> io::Result<()>>,
 }
 
 #[derive(Default)]
@@ -97,6 +99,20 @@ impl<R: Read> Reader<R> {
             left: 0,
             done: false,
             label: label.into(),
+            seek: None,
+        }
+    }
+
+    /// A reader that passes over unread data with `skip` (a seek) instead of reading it. A
+    /// truncated archive is still caught: the next header or the end marker is missing.
+    pub fn with_skip(
+        r: R,
+        label: impl Into<String>,
+        skip: fn(&mut R, u64) -> io::Result<()>,
+    ) -> Self {
+        Reader {
+            seek: Some(skip),
+            ..Reader::new(r, label)
         }
     }
 
@@ -132,6 +148,11 @@ impl<R: Read> Reader<R> {
     }
 
     fn skip_bytes(&mut self, mut n: u64) -> Result<()> {
+        if let (Some(f), true) = (self.seek, n > 0) {
+            f(&mut self.r, n).map_err(|e| Error::io(&self.label, e))?;
+            self.pos += n;
+            return Ok(());
+        }
         let mut buf = [0u8; 8192];
         while n > 0 {
             let k = n.min(buf.len() as u64) as usize;
