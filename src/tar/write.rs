@@ -87,9 +87,10 @@ impl<W: Write> TarWriter<W> {
         self.fill = end;
     }
 
-    /// Zero-fill to the next block boundary (`fill` is block-aligned between members).
+    /// Zero-fill to the next block boundary of the stream. The buffer may have been flushed in the
+    /// middle of a member's data, so only the stream position tells where the boundary is.
     fn pad(&mut self) {
-        let rem = self.fill % BLOCK;
+        let rem = ((self.written + self.fill as u64) % BLOCK as u64) as usize;
         if rem != 0 {
             self.push(&[0u8; BLOCK][..BLOCK - rem]);
         }
