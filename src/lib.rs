@@ -6,7 +6,9 @@
 //! device / fifo / whiteout / opaque marker). Sources produce them, sinks consume them:
 //!
 //! ```text
-//! diff:  overlay::walk (upper + lowers) -> tar::write::TarWriter -> compress::Encoder -> digests
+//! diff:   overlay::walk (upper + lowers) -> tar::write::TarWriter -> output (compress, digests)
+//! apply:  compress::decoder -> tar::read::Reader -> overlay::write::LayerWriter -> store
+//! squash: squash::index (per layer, in parallel) -> squash::merge -> TarWriter -> output
 //! ```
 //!
 //! Each codec owns its wire form of deletions: the tar codec speaks `.wh.` names, the overlay codec
