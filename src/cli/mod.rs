@@ -62,13 +62,9 @@ fn one_line(s: &str) -> String {
     s.replace('\n', "\\n")
 }
 
-fn run_diff(a: DiffArgs) -> Result<()> {
-    let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
-    let compression = a.compression.unwrap_or(match &a.output {
-        Some(p) if !to_stdout => Compression::from_path(p),
-        _ => Compression::None,
-    });
-    if to_stdout && a.json {
+/// A layer on stdout leaves no room for --json, and never goes to a terminal.
+fn check_stdout(to_stdout: bool, json: bool) -> Result<()> {
+    if to_stdout && json {
         return Err(Error::Usage(
             "--json prints on stdout, so the layer needs -o FILE".into(),
         ));
@@ -78,6 +74,16 @@ fn run_diff(a: DiffArgs) -> Result<()> {
             "refusing to write a layer to a terminal; use -o FILE or a pipe".into(),
         ));
     }
+    Ok(())
+}
+
+fn run_diff(a: DiffArgs) -> Result<()> {
+    let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
+    let compression = a.compression.unwrap_or(match &a.output {
+        Some(p) if !to_stdout => Compression::from_path(p),
+        _ => Compression::None,
+    });
+    check_stdout(to_stdout, a.json)?;
     let opts = DiffOptions {
         walk: WalkOptions {
             ns: if a.userxattr {
@@ -135,16 +141,7 @@ fn run_squash(a: SquashArgs) -> Result<()> {
     } else {
         Compression::from_path(&a.output)
     });
-    if to_stdout && a.json {
-        return Err(Error::Usage(
-            "--json prints on stdout, so the layer needs -o FILE".into(),
-        ));
-    }
-    if to_stdout && io::stdout().is_terminal() {
-        return Err(Error::Usage(
-            "refusing to write a layer to a terminal; use -o FILE or a pipe".into(),
-        ));
-    }
+    check_stdout(to_stdout, a.json)?;
     let inputs = layer_inputs(&a.layers)?;
     let opts = SquashOptions {
         blob: BlobOptions {
