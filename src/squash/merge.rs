@@ -53,21 +53,35 @@ pub enum Item {
 
 #[derive(Debug, Clone, Copy)]
 enum Header {
-    /// A layer's dir member: the latest one wins.
-    Member(MRef),
+    /// A layer's dir member: the latest one wins. With the layer since which the path has been
+    /// a dir by members of the range (not only by markers).
+    Member(MRef, usize),
     /// No member, and the base's entry (if any) is hidden: the output needs a header of its own
-    /// (0755, root, mtime 0: what an applier gives a missing parent).
-    Synth,
+    /// (0755, root, mtime 0: what an applier gives a missing parent). Made by that layer.
+    Synth(usize),
     /// No member; the base's dir (if any) keeps its attributes, so the output names none.
-    Implied,
+    /// Made by that layer's opaque marker (or the root).
+    Implied(usize),
 }
 
 #[derive(Debug, Clone)]
 enum State {
     Pass,
     Whiteout,
-    Dir { header: Header, fresh: bool },
-    NonDir { inode: usize, by: MRef },
+    Dir {
+        header: Header,
+        /// Hides everything the base has below the path.
+        fresh: bool,
+        /// Made where the range had deleted the path or put a non-dir: the base's entry at the
+        /// path, whatever it is (a symlink, say), goes entirely. Written as `.wh.NAME` before the
+        /// dir, which every applier reads the same way, rather than as an opaque marker, which an
+        /// applier that takes markers first would resolve through a base symlink.
+        replaced: bool,
+    },
+    NonDir {
+        inode: usize,
+        by: MRef,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -129,8 +143,9 @@ impl<'a> Merger<'a> {
         Merger {
             layers,
             root: Node::new(State::Dir {
-                header: Header::Implied,
+                header: Header::Implied(0),
                 fresh: flatten,
+                replaced: false,
             }),
             inodes: Vec::new(),
             flatten,
@@ -157,7 +172,11 @@ impl<'a> Merger<'a> {
 
     fn layer(&mut self, layer: usize) -> Result<()> {
         let members = &self.layers[layer].members;
-        // Step 1: deletions act on the layers below only, wherever they stand in the tar.
+        // Step 1: deletions act on the layers below only, wherever they stand in the tar. A dir
+        // that an opaque marker makes where there is none is the layer's own, which its
+        // whiteouts leave alone: made again after them (shallow first, so that a dir's marker
+        // does not clear what another marker makes below it).
+        let mut opaque = Vec::new();
         for (i, m) in members.iter().enumerate() {
             let r = MRef { layer, member: i };
             match m.entry.kind {
@@ -167,9 +186,20 @@ impl<'a> Merger<'a> {
                 }
                 Kind::Opaque => {
                     let c = self.resolve(&m.entry.path, r)?;
-                    self.clear(&c);
+                    self.clear(&c, layer);
+                    opaque.push(c);
                 }
                 _ => {}
+            }
+        }
+        opaque.sort_by_key(Vec::len);
+        for c in opaque {
+            let look = self.look(&c);
+            if !matches!(
+                look.node.map(|n| &n.state),
+                Some(State::Dir { .. } | State::Pass)
+            ) {
+                self.clear(&c, layer);
             }
         }
         // Step 2: the layer's own members, in order; the last of duplicates wins.
@@ -177,54 +207,39 @@ impl<'a> Merger<'a> {
             let r = MRef { layer, member: i };
             match &m.entry.kind {
                 Kind::Whiteout => {}
-                Kind::Opaque => {
-                    // The marker's dir exists in this layer (implied by the marker's path).
-                    let c = self.resolve(&m.entry.path, r)?;
-                    let parent = self.make_parents(&c);
-                    if let Some(name) = c.last() {
-                        let n = parent
-                            .kids
-                            .entry(name.clone())
-                            .or_insert_with(|| Node::new(State::Pass));
-                        match n.state {
-                            State::Dir { .. } => {}
-                            // Nothing below to hide (step 1 cleared what was): an empty dir
-                            // that shows, with the base's attributes if it has one.
-                            State::Pass => {
-                                n.state = State::Dir {
-                                    header: Header::Implied,
-                                    fresh: true,
-                                }
-                            }
-                            // Deleted or replaced earlier in this layer's step 1 or below: the
-                            // marker's dir is new.
-                            State::Whiteout | State::NonDir { .. } => {
-                                n.kids.clear();
-                                n.state = State::Dir {
-                                    header: Header::Synth,
-                                    fresh: true,
-                                }
-                            }
-                        }
-                    }
-                }
+                // Markers act in step 1 only: a marker whose dir is not there (a file of this
+                // layer, say) changes nothing, as in a flat extraction.
+                Kind::Opaque => {}
                 Kind::Dir => {
                     let c = self.resolve(&m.entry.path, r)?;
-                    let node = self.make_node(&c);
+                    let node = self.make_node(&c, layer);
                     node.state = match node.state {
-                        State::Dir { fresh, .. } => State::Dir {
-                            header: Header::Member(r),
+                        State::Dir {
+                            header,
                             fresh,
+                            replaced,
+                        } => State::Dir {
+                            header: Header::Member(
+                                r,
+                                match header {
+                                    Header::Member(_, since) | Header::Synth(since) => since,
+                                    Header::Implied(_) => layer,
+                                },
+                            ),
+                            fresh,
+                            replaced,
                         },
                         State::Pass => State::Dir {
-                            header: Header::Member(r),
+                            header: Header::Member(r, layer),
                             fresh: false,
+                            replaced: false,
                         },
                         State::Whiteout | State::NonDir { .. } => {
                             node.kids.clear();
                             State::Dir {
-                                header: Header::Member(r),
+                                header: Header::Member(r, layer),
                                 fresh: true,
+                                replaced: true,
                             }
                         }
                     };
@@ -271,7 +286,7 @@ impl<'a> Merger<'a> {
                             ))
                         }
                     };
-                    let node = self.make_node(&c);
+                    let node = self.make_node(&c, layer);
                     node.kids.clear();
                     node.state = State::NonDir { inode, by: r };
                 }
@@ -282,7 +297,7 @@ impl<'a> Merger<'a> {
                     }
                     self.inodes.push(Inode::Member(r));
                     let inode = self.inodes.len() - 1;
-                    let node = self.make_node(&c);
+                    let node = self.make_node(&c, layer);
                     node.kids.clear();
                     node.state = State::NonDir { inode, by: r };
                 }
@@ -392,59 +407,104 @@ impl<'a> Merger<'a> {
     /// A whiteout from a layer: the path goes, with everything the layers below put under it.
     fn whiteout(&mut self, path: &[Vec<u8>]) {
         let look = self.look(path);
-        if look.hidden || path.is_empty() {
+        let (hidden, fresh_above) = (look.hidden, look.fresh_above);
+        if hidden || path.is_empty() {
             return;
         }
-        let fresh_above = look.fresh_above;
         let (name, dir) = path.split_last().expect("non-empty");
         let mut node = &mut self.root;
+        if fresh_above {
+            // The base has nothing here: deleting the range's entry is all there is to do (and
+            // a path the range never made needs no dirs made for it).
+            for c in dir {
+                match node.kids.get_mut(c) {
+                    Some(n) => node = n,
+                    None => return,
+                }
+            }
+            node.kids.remove(name);
+            return;
+        }
         for c in dir {
             node = node
                 .kids
                 .entry(c.clone())
                 .or_insert_with(|| Node::new(State::Pass));
         }
-        if fresh_above {
-            // The base has nothing here: deleting the range's entry is all there is to do.
-            node.kids.remove(name);
-        } else {
-            node.kids.insert(name.clone(), Node::new(State::Whiteout));
-        }
+        node.kids.insert(name.clone(), Node::new(State::Whiteout));
     }
 
     /// An opaque marker: everything the layers below put under the dir goes, and the dir hides
-    /// whatever the base has there.
-    fn clear(&mut self, path: &[Vec<u8>]) {
-        if self.look(path).hidden {
+    /// whatever the base has there. A marker whose dir is missing (never made, or deleted by
+    /// this layer or one below) makes it, as a flat extraction makes a member's parents; one in
+    /// a non-dir changes nothing, as there no extraction can make a dir.
+    fn clear(&mut self, path: &[Vec<u8>], layer: usize) {
+        let mut node = &self.root;
+        for c in path {
+            match node.state {
+                State::NonDir { .. } => return,
+                State::Whiteout => break,
+                _ => {}
+            }
+            match node.kids.get(c) {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        if matches!(node.state, State::NonDir { .. }) {
             return;
         }
+        // Dirs the marker makes exist only where a marker can make them (not below a base
+        // file): implied, each written as a marker of its own.
+        let made = || State::Dir {
+            header: Header::Implied(layer),
+            fresh: true,
+            replaced: false,
+        };
         let mut node = &mut self.root;
+        let mut fresh_above = self.flatten;
         for c in path {
+            if let State::Dir { fresh, .. } = node.state {
+                fresh_above |= fresh;
+            }
             node = node
                 .kids
                 .entry(c.clone())
-                .or_insert_with(|| Node::new(State::Pass));
+                .or_insert_with(|| Node::new(if fresh_above { made() } else { State::Pass }));
+            if matches!(node.state, State::Whiteout) {
+                node.kids.clear();
+                node.state = State::Dir {
+                    header: Header::Implied(layer),
+                    fresh: true,
+                    replaced: true,
+                };
+            }
         }
         node.kids.clear();
         node.state = match node.state {
-            State::Dir { header, .. } => State::Dir {
+            State::Dir {
+                header, replaced, ..
+            } => State::Dir {
                 header,
                 fresh: true,
+                replaced,
             },
-            State::Pass => State::Dir {
-                header: Header::Implied,
+            State::Whiteout => State::Dir {
+                header: Header::Implied(layer),
                 fresh: true,
+                replaced: true,
             },
-            State::Whiteout | State::NonDir { .. } => State::Dir {
-                header: Header::Synth,
+            _ => State::Dir {
+                header: Header::Implied(layer),
                 fresh: true,
+                replaced: false,
             },
         };
     }
 
     /// The parent dirs of `path`, made dirs where the range had deleted them or put a non-dir
     /// there (such a dir starts empty: fresh).
-    fn make_parents(&mut self, path: &[Vec<u8>]) -> &mut Node {
+    fn make_parents(&mut self, path: &[Vec<u8>], layer: usize) -> &mut Node {
         let mut node = &mut self.root;
         let Some((_, dir)) = path.split_last() else {
             return node;
@@ -457,20 +517,21 @@ impl<'a> Merger<'a> {
             if matches!(node.state, State::Whiteout | State::NonDir { .. }) {
                 node.kids.clear();
                 node.state = State::Dir {
-                    header: Header::Synth,
+                    header: Header::Synth(layer),
                     fresh: true,
+                    replaced: true,
                 };
             }
         }
         node
     }
 
-    fn make_node(&mut self, path: &[Vec<u8>]) -> &mut Node {
+    fn make_node(&mut self, path: &[Vec<u8>], layer: usize) -> &mut Node {
         if path.is_empty() {
             return &mut self.root;
         }
         let name = path.last().expect("non-empty").clone();
-        self.make_parents(path)
+        self.make_parents(path, layer)
             .kids
             .entry(name)
             .or_insert_with(|| Node::new(State::Pass))
@@ -505,15 +566,21 @@ impl<'a> Merger<'a> {
 
     fn plan(&self) -> Vec<Item> {
         let mut slots = Vec::new();
-        if let State::Dir { header, fresh } = self.root.state {
-            if let Header::Member(m) = header {
+        if let State::Dir { header, fresh, .. } = self.root.state {
+            if let Header::Member(m, _) = header {
                 slots.push(Slot::Item(self.dir_item(m, &[])));
             }
             if fresh && !self.flatten {
                 slots.push(Slot::Item(marker(Vec::new(), Kind::Opaque)));
             }
             let fresh_above = fresh || self.flatten;
-            self.walk(&self.root, &mut Vec::new(), fresh_above, &mut slots);
+            self.walk(
+                &self.root,
+                &mut Vec::new(),
+                fresh_above,
+                Some(0),
+                &mut slots,
+            );
         }
         self.place_names(slots)
     }
@@ -540,9 +607,25 @@ impl<'a> Merger<'a> {
     }
 
     /// Children of `node` at `path`: whiteouts first, then the rest, each in byte order.
-    fn walk(&self, node: &Node, path: &mut Vec<Vec<u8>>, fresh_above: bool, out: &mut Vec<Slot>) {
+    /// `sure_from`: the output makes `node` a dir over every base (not just by a marker), and
+    /// markers of this layer and later ones find it there (its header came from a layer below).
+    fn walk(
+        &self,
+        node: &Node,
+        path: &mut Vec<Vec<u8>>,
+        fresh_above: bool,
+        sure_from: Option<usize>,
+        out: &mut Vec<Slot>,
+    ) {
         for (name, kid) in &node.kids {
-            if matches!(kid.state, State::Whiteout) && !fresh_above {
+            let gone = match kid.state {
+                State::Whiteout => true,
+                State::Dir {
+                    fresh, replaced, ..
+                } => fresh && replaced,
+                _ => false,
+            };
+            if gone && !fresh_above {
                 path.push(name.clone());
                 out.push(Slot::Item(marker(joined(path), Kind::Whiteout)));
                 path.pop();
@@ -553,28 +636,43 @@ impl<'a> Merger<'a> {
             match kid.state {
                 State::Whiteout => {}
                 State::Pass => {
-                    let mut inner = Vec::new();
-                    self.walk(kid, path, fresh_above, &mut inner);
-                    if !inner.is_empty() {
-                        if fresh_above {
-                            out.push(Slot::Item(synth_dir(joined(path))));
-                        }
-                        out.append(&mut inner);
+                    // Under a fresh dir the stack made this dir (as a parent), and it stays even
+                    // when what it held is gone; elsewhere it is the base's, if anything.
+                    if fresh_above {
+                        out.push(Slot::Item(synth_dir(joined(path))));
                     }
+                    self.walk(kid, path, fresh_above, sure_from, out);
                 }
-                State::Dir { header, fresh } => {
-                    match header {
-                        Header::Member(m) => out.push(Slot::Item(self.dir_item(m, path))),
-                        Header::Synth => out.push(Slot::Item(synth_dir(joined(path)))),
-                        Header::Implied if fresh_above => {
-                            out.push(Slot::Item(synth_dir(joined(path))))
+                State::Dir {
+                    header,
+                    fresh,
+                    replaced,
+                } => {
+                    // A dir that only markers made exists only where a marker can make it (not
+                    // below a base file), so it is written as its marker, unless its parent
+                    // surely exists and is fresh when the marker acts: then nothing can stop it.
+                    let written = match header {
+                        Header::Member(m, since) => {
+                            out.push(Slot::Item(self.dir_item(m, path)));
+                            Some(since + 1)
                         }
-                        Header::Implied => {}
-                    }
-                    if fresh && !fresh_above {
+                        Header::Synth(l) => {
+                            out.push(Slot::Item(synth_dir(joined(path))));
+                            Some(l + 1)
+                        }
+                        Header::Implied(l)
+                            if self.flatten || fresh_above && sure_from.is_some_and(|f| l >= f) =>
+                        {
+                            out.push(Slot::Item(synth_dir(joined(path))));
+                            sure_from
+                        }
+                        Header::Implied(_) => None,
+                    };
+                    // A replaced dir with a header hides the base's entry by its whiteout.
+                    if fresh && !self.flatten && (written.is_none() || !replaced && !fresh_above) {
                         out.push(Slot::Item(marker(joined(path), Kind::Opaque)));
                     }
-                    self.walk(kid, path, fresh_above || fresh, out);
+                    self.walk(kid, path, fresh_above || fresh, written, out);
                 }
                 State::NonDir { inode, by } => out.push(Slot::Name {
                     inode,

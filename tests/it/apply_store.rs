@@ -498,60 +498,9 @@ fn fingerprint(diff: &Path, whiteout_times: bool) -> String {
 
 /// Three layers with every entry type, deletions, re-created and opaque dirs, replacements of
 /// file/dir/symlink by each other, hardlinks within a layer and to a lower file.
-const STACK: &str = r#"
-=== L0
-d etc mode=0755 mtime=1500000000.123456789
-f etc/passwd data=root:x:0:0 mtime=1500000001.5
-f etc/shadow data=secret mode=0640 gid=42
-d etc/ssl
-f etc/ssl/cert data=cert
-d del
-f del/a data=a
-d del/sub
-f del/sub/b data=b
-f delfile data=gone
-d opq1 mtime=1400000000
-f opq1/old data=old
-d opq1/olddir
-f opq1/olddir/x data=x
-d opq2 mtime=1400000000
-f opq2/old data=old
-d opq3 mode=0700 uid=3 gid=4 mtime=1450000000.25 x.user.o=3
-f opq3/old data=old
-d recreate
-f recreate/old data=old
-d recreate2 mtime=0
-f recreate2/old data=old
-d samedir
-f samedir/old data=old
-f fd data=file-to-dir
-d df
-f df/inner data=inner
-l sd link=etc
-d ds
-f ds/x data=x
-f hl-target data=shared mode=0600 uid=5 mtime=1300000000.7
-f in0a data=in-layer
-h in0b link=in0a
-d usr
-d usr/bin
-f usr/bin/su data=su mode=04755
-f usr/bin/newgrp data=ng mode=02755 gid=50
-f usr/bin/own data=own mode=06750 uid=1000 gid=1000
-d tmp mode=01777
-p run/fifo mode=0620
-c dev/null dev=1:3 mode=0666
-b dev/loop0 dev=7:0 mode=0660 gid=6
-c dev/big dev=4095:1048575 mode=0600
-d {d*100} mtime=1234567890.000000001
-f {d*100}/{f*200} data=long uid=3000000 gid=3000001
-l longlink link={t*300}
-h {h*150} link={d*100}/{f*200}
-f xattrs data=x x.user.a=hello xh.user.bin=00ff0a0d x.trusted.plain=t
-d xdir x.user.d=1 mode=0711
-f sp\sace data=space
-f ünïcødé-名前 data=u
-
+const STACK: &str = concat!(
+    every_type_l0!(),
+    r#"
 === L1
 w .wh.delfile
 w .wh.del
@@ -602,7 +551,8 @@ f del/back data=back
 w .wh.hl-lower
 f own data=changed
 f usr/bin/new data=new
-"#;
+"#
+);
 
 #[test]
 fn three_layer_stack_matches_flat_apply_at_every_depth() {

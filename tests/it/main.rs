@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // test code: std::fs is fine here
 
 // Helpers: root/overlay probe, mounts, tree dump, the independent OCI applier, tar listings.
+#[macro_use]
 mod support;
 // layerdiff against the kernel's merged view on real overlay mounts, four mount flavours.
 mod diff_overlay;
@@ -14,3 +15,5 @@ mod tar_read;
 mod apply_store;
 // layerapply on hostile and corrupt layers: clean one-line errors, nothing touched outside.
 mod apply_hostile;
+// layerkit squash against its law (B + squash == B + stack) on apply_flat, the kernel and a model.
+mod squash;
