@@ -7,7 +7,7 @@ Each layer adds ~1,500 files of 4-48 KiB (text-like, so compressible) across 60 
 second layer on also: overwrites ~300 earlier files, deletes ~200 (`.wh.`), empties one earlier
 dir with an opaque marker and refills it, replaces a file by a dir and a dir by a file (each after a whiteout of
 it, which GNU tar in the naive baseline needs), and adds
-hardlinks (some to files a later layer overwrites). About 330 MB of tar in all.
+hardlinks (some to files a later layer overwrites). About 490 MB of tar in all.
 """
 import io
 import os
