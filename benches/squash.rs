@@ -294,6 +294,16 @@ fn main() -> ExitCode {
             ),
         ));
         cmds.push(Cmd::new(
+            "layerkit squash --json (diffID and blob sha256 too)",
+            &o("json"),
+            format!(
+                "TMPDIR={} {} squash --json -o {} {ins} > /dev/null",
+                q(&naive_tmp),
+                q(&lk),
+                q(&o("json"))
+            ),
+        ));
+        cmds.push(Cmd::new(
             "layerkit squash",
             &o("squash"),
             format!(

@@ -58,6 +58,7 @@ pub fn diff<W: Write + Send + 'static>(
         compression: opts.compression,
         level: opts.level,
         jobs: opts.jobs,
+        skip_digests: false,
     };
     let (descriptor, warnings, out) = write_blob(out, &blob, |chunks| {
         let (item_tx, item_rx) = bounded::<Item>(512);

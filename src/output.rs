@@ -27,6 +27,9 @@ pub struct BlobOptions {
     pub level: Option<i32>,
     /// Compression worker threads (0 = all cores).
     pub jobs: usize,
+    /// Leave out both sha256 digests (the descriptor's `digest` and `diff_id` come back empty):
+    /// a caller that shows no descriptor saves a hash of every byte, twice.
+    pub skip_digests: bool,
 }
 
 /// Default worker count: the cores this process may use.
@@ -82,7 +85,8 @@ where
     };
     let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(8);
     let (out_tx, out_rx) = bounded::<Vec<u8>>(8);
-    let hash_blob = opts.compression != Compression::None;
+    let hash_blob = opts.compression != Compression::None && !opts.skip_digests;
+    let hash_tar = !opts.skip_digests;
     std::thread::scope(|s| {
         let producer = s.spawn(move || produce(ChunkSender(chunk_tx)));
         // write(2) gets a thread of its own so that it overlaps hashing and compression.
@@ -101,10 +105,12 @@ where
             let hashed = HashWriter::new(to_writer, hash_blob);
             let mut enc = Encoder::new(opts.compression, hashed, jobs, opts.level)
                 .map_err(|e| Error::Usage(e.to_string()))?;
-            let mut diff_id = Hasher::default();
+            let mut diff_id = hash_tar.then(Hasher::default);
             let io_err = |e: io::Error| stop_if_pipe(Error::io(OUTPUT, e));
             for chunk in chunk_rx {
-                diff_id.update(&chunk);
+                if let Some(h) = &mut diff_id {
+                    h.update(&chunk);
+                }
                 match &mut enc {
                     // Plain: hand the chunk itself to the writer; no copy, no second hash.
                     Encoder::Plain(h) => {
@@ -121,7 +127,7 @@ where
             }
             let (buffered, digest, size) = enc.finish().map_err(io_err)?.finish();
             buffered.into_inner().map_err(|e| io_err(e.into_error()))?;
-            let diff_id = diff_id.finish();
+            let diff_id = diff_id.map(Hasher::finish).unwrap_or_default();
             // Uncompressed: the blob is the tar, so one hash serves as both digests.
             let digest = if hash_blob { digest } else { diff_id.clone() };
             Ok((digest, diff_id, size))

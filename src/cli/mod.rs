@@ -148,6 +148,7 @@ fn run_squash(a: SquashArgs) -> Result<()> {
             compression,
             level: a.level,
             jobs: a.jobs.unwrap_or(0),
+            skip_digests: !a.json,
         },
         flatten: a.flatten,
         spool_dir: None,
