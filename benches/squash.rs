@@ -374,6 +374,13 @@ fn main() -> ExitCode {
         if let Some(f) = &out_file {
             let _ = std::fs::write(f, &report);
         }
+        // A group's outputs (several GB for the stack) go before the next group runs.
+        for e in std::fs::read_dir(&work).into_iter().flatten().flatten() {
+            if e.path() != rss {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
         if cmds
             .iter()
             .any(|c| c.runs.error.is_some() && c.label.starts_with("layerkit"))
