@@ -462,3 +462,43 @@ f ünïcødé-名前 data=u
 "#
     };
 }
+
+/// Layer 1 of the every-entry-type stacks, but for the lines each stack adds: deletions, opaque
+/// and re-created dirs, replacements of file/dir/symlink by each other, hardlinks to L0's files.
+macro_rules! every_type_l1 {
+    () => {
+        r#"w .wh.delfile
+w .wh.del
+d opq1 mtime=1600000100
+w opq1/.wh..wh..opq
+f opq1/new data=new
+d opq1/olddir
+f opq1/olddir/z data=z
+d opq2 mtime=1600000200
+f opq2/new data=new
+w opq2/.wh..wh..opq
+w opq3/.wh..wh..opq
+f opq3/n data=n
+w .wh.recreate
+d recreate mode=0700 mtime=1600000300
+f recreate/new data=new
+f recreate/keep data=keep
+w .wh.recreate2
+f recreate2/child data=child
+d samedir mode=0750 mtime=1600000400
+f samedir/new data=new
+w .wh.samedir
+d fd mtime=1600000500
+f fd/in data=in
+f df data=now-a-file
+d sd
+f sd/f data=f
+l ds link=etc
+f own data=own
+h own-link link=own
+h hl-lower link=hl-target
+l sym2 link=/etc/passwd
+h sym2-hl link=sym2
+"#
+    };
+}
