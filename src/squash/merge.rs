@@ -344,11 +344,7 @@ impl<'a> Merger<'a> {
             if let Some(target) = self.symlink_at(&done) {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(self.reject(
-                        by,
-                        Rule::SymlinkLoop,
-                        "too many symlinks in its parent path",
-                    ));
+                    return Err(self.reject(by, Rule::SymlinkLoop, show(&joined(&done))));
                 }
                 done.pop();
                 if target.starts_with(b"/") {
