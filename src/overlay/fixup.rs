@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result, Rule};
 use crate::overlay::lower::{last, Found, LowerView};
-use crate::overlay::write::{is_within, join, LayerWriter, Purpose};
+use crate::overlay::write::{is_whiteout, is_within, join, LayerWriter, Purpose};
 use crate::sys::{self, FileType, Node, Stat};
 use crate::tar::entry::show;
 
@@ -29,6 +29,7 @@ impl LayerWriter {
             self.settle_links(view)?;
             self.settle_implied(view)?;
         }
+        self.prune_ghosts(view)?;
         if !self.root_explicit && !view.is_empty() {
             if let Found::Dir { layer, st } = view.lookup(b"").map_err(|e| Self::io(b"", e))? {
                 let src = view.open_dir(layer, b"").map_err(|e| Self::io(b"", e))?;
@@ -120,6 +121,68 @@ impl LayerWriter {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Whiteouts that hide nothing below, and the implied dirs made only to hold them, go.
+    /// Overlayfs hides whiteouts only in the dirs it merges; in any other dir readdir lists them
+    /// as names that cannot be opened. A flat extraction makes nothing for such a whiteout (and
+    /// a whiteout below a lower file must not turn that file into a dir).
+    fn prune_ghosts(&mut self, view: &LowerView) -> Result<()> {
+        // The dirs that held a pruned whiteout: the only candidates for removal below.
+        let mut held: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for w in std::mem::take(&mut self.whiteouts) {
+            if !matches!(view.lookup(&w).map_err(|e| Self::io(&w, e))?, Found::Absent) {
+                continue;
+            }
+            let mut a = w.as_slice();
+            while let Some(i) = a.iter().rposition(|&b| b == b'/') {
+                a = &a[..i];
+                if !held.insert(a.to_vec()) {
+                    break;
+                }
+            }
+            let Some(p) = self.parent(&w, Purpose::Lookup)? else {
+                continue;
+            };
+            match sys::lstatat(&*p.fd, last(&w)) {
+                Ok(st) if is_whiteout(&st) => {
+                    sys::unlinkat(&*p.fd, last(&w), false).map_err(|e| Self::io(&w, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io(&w, e)),
+            }
+        }
+        // Implied dirs that held them and are empty now, deepest first (so that a dir emptied by
+        // its children's removal goes too). A dir the layer made opaque stays: an opaque marker
+        // for a missing dir makes it.
+        for d in held.into_iter().rev() {
+            if !self.implied.contains(&d) || self.opaque.contains(&d) {
+                continue;
+            }
+            if matches!(
+                view.lookup(&d).map_err(|e| Self::io(&d, e))?,
+                Found::Dir { .. }
+            ) {
+                continue;
+            }
+            let Some(fd) = self.open_own_dir(&d)? else {
+                continue;
+            };
+            if !sys::read_dir_names(&fd)
+                .map_err(|e| Self::io(&d, e))?
+                .is_empty()
+            {
+                continue;
+            }
+            let Some(p) = self.parent(&d, Purpose::Lookup)? else {
+                continue;
+            };
+            sys::unlinkat(&*p.fd, last(&d), true).map_err(|e| Self::io(&d, e))?;
+            self.forget(&d);
+            self.forget_cache();
         }
         Ok(())
     }

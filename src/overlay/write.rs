@@ -59,6 +59,8 @@ pub struct LayerWriter {
     pub(crate) deferred: bool,
     /// Dirs this layer writes into without an entry of their own (resolved paths).
     pub(crate) implied: BTreeSet<Vec<u8>>,
+    /// Whiteouts this layer wrote, by their path in the layer (checked against the lowers).
+    pub(crate) whiteouts: Vec<Vec<u8>>,
     /// Dirs marked opaque in this layer.
     pub(crate) opaque: BTreeSet<Vec<u8>>,
     /// Hardlinks whose target is not in this layer: (link path, target path), in stream order.
@@ -98,7 +100,7 @@ pub(crate) fn is_within(p: &[u8], base: &[u8]) -> bool {
     base.is_empty() || p == base || (p.starts_with(base) && p.get(base.len()) == Some(&b'/'))
 }
 
-fn is_whiteout(st: &sys::Stat) -> bool {
+pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
@@ -117,6 +119,7 @@ impl LayerWriter {
             ns,
             deferred,
             implied: BTreeSet::new(),
+            whiteouts: Vec::new(),
             opaque: BTreeSet::new(),
             links: Vec::new(),
             root_opaque: false,
@@ -533,7 +536,11 @@ impl LayerWriter {
                 sys::mknodat(&*p.fd, name, Node::Char(0, 0)).map_err(|e| Self::io(&rpath, e))?;
                 // The tar's time (0 from most writers), so layer dirs are reproducible.
                 sys::utimensat_nofollow(&*p.fd, name, meta.mtime, meta.mtime_nsec)
-                    .map_err(|e| Self::io(&rpath, e))
+                    .map_err(|e| Self::io(&rpath, e))?;
+                if self.deferred {
+                    self.whiteouts.push(rpath);
+                }
+                Ok(())
             }
             Err(e) => Err(Self::io(&rpath, e)),
             Ok(st) if sys::file_type(&st) == FileType::Directory => {

@@ -837,6 +837,50 @@ w g/sub/deeper/.wh.d
 }
 
 #[test]
+fn whiteouts_that_hide_nothing_below_leave_no_ghosts() {
+    if !need_root("layerapply --store + overlay mount") {
+        return;
+    }
+    // Overlayfs hides whiteouts only in dirs it merges; anywhere else readdir lists them as
+    // names that cannot be opened. A whiteout of a path no lower has (at the root, in a lower
+    // dir, below a missing dir, below a lower file) hides nothing: a flat extraction makes
+    // nothing for it, so the layer keeps no whiteout and no dir made only to hold one; the lower
+    // file `a` stays a file. The whiteout of the lower `d/old` stays.
+    let c = Case::new(
+        r#"
+=== L0
+f a data=file-a
+d d
+f d/keep data=k
+f d/old data=o
+=== L1
+w .wh.gone
+w a/.wh.b
+w nodir/.wh.x
+w nodir/deeper/.wh.y
+w d/.wh.missing
+w d/.wh.old
+f z data=z
+"#,
+    );
+    let store = c.p("store");
+    let (lowerdir, diffs) = c.apply_store(&store, &[], &c.tars, &c.tars);
+    expect_raw(&raw_layer(&diffs[1], "trusted"), "L1", &["d/old"], &[], &[]);
+    c.check_merged_prefixes(&lowerdir, "", &c.tars, "ghost-whiteouts");
+    assert_eq!(
+        listing(&diffs[1]),
+        ["d", "z"],
+        "L1 holds d (for d/old) and z"
+    );
+
+    // The same layer alone: nothing below, so every whiteout goes.
+    let alone = c.p("alone");
+    let (lowerdir, diffs) = c.apply_store(&alone, &[], &c.tars[1..], &c.tars[1..]);
+    assert_eq!(listing(&diffs[0]), ["z"], "L1 alone holds only z");
+    c.check_merged_prefixes(&lowerdir, "", &c.tars[1..], "ghost-whiteouts-alone");
+}
+
+#[test]
 fn whited_out_dir_recreated_as_implied_parent_gets_fresh_attributes() {
     if !need_root("layerapply --store + overlay mount") {
         return;

@@ -1776,7 +1776,7 @@ fn whiteouts_of_base_only_paths_survive() {
     ] {
         assert!(wh.contains(p), "whiteout of {p} lost: {wh:?}");
     }
-    c.kernel(&sq, &["dirs"], &["dirs"])
+    c.kernel(&sq, ALL_BASES, ALL_BASES)
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -1955,11 +1955,9 @@ fn every_entry_type_stack_obeys_the_law_and_the_kernel() {
     }
     let c = Case::new(KITCHEN);
     let sq = c.check();
-    // Not the empty and the files base: the output whites out etc/shadow (a base may have it),
-    // and where no lower has a dir etc, layerapply leaves that whiteout in a dir the kernel does
-    // not merge, which lists it (a ghost).
-    let bases = &["bottom layer", "dirs"];
-    c.kernel(&sq, bases, bases)
+    // The output whites out etc/shadow (a base may have it); over a base without etc,
+    // layerapply drops that whiteout rather than leave a ghost in a dir the kernel does not merge.
+    c.kernel(&sq, ALL_BASES, ALL_BASES)
         .unwrap_or_else(|e| panic!("{e}"));
 
     // A single layer squashed: the same tree over every base.
@@ -2500,8 +2498,8 @@ fn gen_data(l: usize, i: usize, d: u8) -> Vec<u8> {
 /// state below the layer, entries whose parent is a non-dir are dropped, hardlinks pick an
 /// existing non-dir, ill-formed opaque markers are dropped. `strict` (for the kernel path): drop opaque markers for dirs the layer
 /// whites out (or a parent of), or that get no entry in the layer and are missing below (a
-/// native applier makes an empty dir for those, apply_flat does not), and whiteouts whose parent is not a dir
-/// below the layer (layerapply makes a dir for them); and put each layer's markers first.
+/// native applier makes an empty dir for those, apply_flat does not); and put each layer's
+/// markers first.
 fn build_stack(raw: &[Vec<RawOp>], strict: bool) -> Stack {
     let mut fs = Fs::default();
     let mut layers = Vec::new();
@@ -2658,11 +2656,8 @@ fn build_stack(raw: &[Vec<RawOp>], strict: bool) -> Stack {
                     _ => None,
                 })
                 .collect();
-            // layerapply makes a dir for a whiteout whose parent is missing or a lower non-dir
-            // (a ghost, or a file turned into a dir): keep such whiteouts off the kernel path.
             layer.retain(|c| match c {
                 Change::Opaque(d) => dirs.contains(d) || pre.is_dir(d),
-                Change::Whiteout(p) => pre.is_dir(parent_of(p)),
                 _ => true,
             });
             // layerapply gives an implied dir the lower's attributes when the same layer's
@@ -2864,10 +2859,8 @@ fn random_stacks_on_the_kernel_match_the_model_and_apply_flat() {
 }
 
 /// For the empty and the dirs base, the model's tree of base + stack (in dump.py's format) is
-/// what apply_flat builds; for the dirs base it is also what the kernel shows for
-/// `layerapply --store` of base + squash. (Over the empty base the squash output's whiteouts of
-/// paths a base may have are ghosts once layerapply puts them in dirs no lower has.) Where
-/// layerapply's view of base + stack differs, a note is printed.
+/// what apply_flat builds and what the kernel shows for `layerapply --store` of base + squash.
+/// Where layerapply's view of base + stack differs, a note is printed.
 fn kernel_law(stack: &Stack) -> Result<(), String> {
     let w = write_stack(stack);
     let (sq, _) = squash_written(&w, 2)?;
@@ -2904,9 +2897,6 @@ fn kernel_law(stack: &Stack) -> Result<(), String> {
                 "base {name}: apply_flat of the stack differs from the model (a test bug)\n{}",
                 unified_diff(&model, &flat)
             ));
-        }
-        if *name != "dirs" {
-            continue;
         }
         let k_squash = merged_view(
             c.tmp.path(),
