@@ -2902,6 +2902,21 @@ fn kernel_law(stack: &Stack) -> Result<(), String> {
             c.tmp.path(),
             &c.store(&Case::with_base(&base_tar, &[&sq_path])),
         )?;
+        // What one layer cannot say for every base (`Fs::drop_inexpressible`), as in the model
+        // law: judged against the model's reading of the squash output over this base.
+        let got = Fs::of(&[base, &parse_layer(&sq)?])?;
+        let probe = {
+            let mut l: Vec<&[Change]> = vec![&w.bases[2].1];
+            l.extend(stack.0.iter().map(|l| &l[..]));
+            Fs::of(&l)?
+        };
+        let mut want = fs.clone();
+        want.drop_inexpressible(&got, &Fs::of(&[base])?, &probe);
+        let model = format!(
+            "{}--- mtimes (ns)\n{}",
+            want.render(Render::Dump),
+            want.render(Render::Times)
+        );
         if k_squash != model {
             return Err(format!(
                 "base {name}: kernel view of base + squash differs from the model\n{}",

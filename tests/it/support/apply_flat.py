@@ -185,7 +185,9 @@ def apply(root, layer):
             entry_dirs[rel] = mtime_ns(m)
         else:
             remove(p)
-            entry_dirs.pop(rel, None)
+            # The dirs below went with it: their entries' times no longer apply.
+            for k in [k for k in entry_dirs if k == rel or k.startswith(rel + "/")]:
+                del entry_dirs[k]
             if m.isreg():
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as f:
