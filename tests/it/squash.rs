@@ -56,42 +56,13 @@ use crate::support::*;
 // ---------------------------------------------------------------------------------------------
 // Commands and trees
 
-/// The Python interpreter itself, resolved once (a version-manager shim costs ~0.2 s a call).
-fn python() -> &'static str {
-    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PY.get_or_init(|| {
-        let o = run(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]));
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    })
-}
-
-/// `dump.py ROOT` (no flags).
-fn dump_tree(root: &Path) -> String {
-    let out = run(Command::new(python()).arg(support("dump.py")).arg(root));
-    String::from_utf8(out.stdout).expect("dump.py writes ASCII")
-}
-
-/// `rel mtime_ns` of every entry below `root`, sorted (dump.py only has whole seconds).
-const MTIMES_NS: &str = r#"
-import os, sys
-root = sys.argv[1]
-rows = []
-for dp, dn, fn in os.walk(root):
-    for n in dn + fn:
-        p = os.path.join(dp, n)
-        rel = os.fsencode(os.path.relpath(p, root)).decode("utf-8", "backslashreplace")
-        rows.append("%s %d" % (rel, os.lstat(p).st_mtime_ns))
-print("\n".join(sorted(rows)))
-"#;
-
-fn mtimes_ns(root: &Path) -> String {
-    let o = run(Command::new(python()).arg("-c").arg(MTIMES_NS).arg(root));
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// A tree as text: its dump, then its ns mtimes.
 fn tree_text(root: &Path) -> String {
-    format!("{}--- mtimes (ns)\n{}", dump_tree(root), mtimes_ns(root))
+    format!(
+        "{}--- mtimes (ns)\n{}",
+        dump_tree(root),
+        stat_list(root, "mtime")
+    )
 }
 
 /// `layerkit squash`.
@@ -1510,7 +1481,7 @@ fn merged_view(tmp: &Path, lowerdir: &str) -> Result<String, String> {
     Ok(format!(
         "{}--- mtimes (ns)\n{}",
         String::from_utf8(d.stdout).unwrap(),
-        mtimes_ns(&merged)
+        stat_list(&merged, "mtime")
     ))
 }
 

@@ -502,3 +502,44 @@ h sym2-hl link=sym2
 "#
     };
 }
+
+/// The Python interpreter itself, resolved once (a version-manager shim costs ~0.2 s a call).
+pub fn python() -> &'static str {
+    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let o = run(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    })
+}
+
+/// `dump.py ROOT` (no flags), as `dump` but through `python()`.
+pub fn dump_tree(root: &Path) -> String {
+    let out = run(Command::new(python()).arg(support("dump.py")).arg(root));
+    String::from_utf8(out.stdout).expect("dump.py writes ASCII")
+}
+
+/// Per-entry `rel mtime_ns` (mode "mtime") or `rel ino mtime_ns ctime_ns` (mode "inode"), sorted.
+const STAT_LIST: &str = r#"
+import os, sys
+mode, root = sys.argv[1], sys.argv[2]
+rows = []
+for dp, dn, fn in os.walk(root):
+    for n in dn + fn:
+        p = os.path.join(dp, n)
+        st = os.lstat(p)
+        rel = os.fsencode(os.path.relpath(p, root)).decode("utf-8", "backslashreplace")
+        if mode == "mtime":
+            rows.append("%s %d" % (rel, st.st_mtime_ns))
+        else:
+            rows.append("%s %d %d %d" % (rel, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+print("\n".join(sorted(rows)))
+"#;
+
+pub fn stat_list(root: &Path, mode: &str) -> String {
+    let o = run(Command::new(python())
+        .arg("-c")
+        .arg(STAT_LIST)
+        .arg(mode)
+        .arg(root));
+    String::from_utf8(o.stdout).unwrap()
+}
