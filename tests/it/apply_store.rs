@@ -177,38 +177,10 @@ fn stdout_line(out: &Output) -> String {
     s.trim_end_matches('\n').to_string()
 }
 
-/// Mount `lowerdir` read-only (no upper; with an empty upper+work if the kernel refuses a single
-/// lower without one) and return the dump and the ns mtimes of the merged view.
+/// The dump and the ns mtimes of the merged view of `lowerdir`.
 fn merged_view(tmp: &Path, lowerdir: &str, opts: &str) -> (String, String) {
-    let t = tempfile::Builder::new()
-        .prefix("mnt-")
-        .tempdir_in(tmp)
-        .unwrap();
-    let merged = t.path().join("merged");
-    std::fs::create_dir(&merged).unwrap();
-    let mut o = format!("lowerdir={lowerdir}");
-    if !opts.is_empty() {
-        o = format!("{opts},{o}");
-    }
-    let direct = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &o])
-        .arg(&merged)
-        .output()
-        .unwrap();
-    let _m = if direct.status.success() {
-        Mount::guard(&merged)
-    } else {
-        assert!(
-            !lowerdir.contains(':'),
-            "mount -o {o} failed: {}",
-            String::from_utf8_lossy(&direct.stderr)
-        );
-        let (u, w) = (t.path().join("upper"), t.path().join("work"));
-        std::fs::create_dir(&u).unwrap();
-        std::fs::create_dir(&w).unwrap();
-        Mount::overlay(&[Path::new(lowerdir)], &u, &w, &merged, opts)
-    };
-    (dump_tree(&merged), stat_list(&merged, "mtime"))
+    let m = mount_lowers(tmp, lowerdir, opts);
+    (dump_tree(&m.path), stat_list(&m.path, "mtime"))
 }
 
 /// Check the whole store against the stack `ids` (chainIDs in hex, bottom first): nothing but

@@ -1439,37 +1439,13 @@ impl Case {
 /// All four standard bases.
 const ALL_BASES: &[&str] = &["empty", "bottom layer", "dirs", "files"];
 
-/// Mount `lowerdir` read-only (with an empty upper+work if the kernel refuses a single lower
-/// without one); the tree text of the merged view, or why it cannot be dumped.
+/// The tree text of the merged view of `lowerdir`, or why it cannot be dumped.
 fn merged_view(tmp: &Path, lowerdir: &str) -> Result<String, String> {
-    let t = tempfile::Builder::new()
-        .prefix("mnt-")
-        .tempdir_in(tmp)
-        .unwrap();
-    let merged = t.path().join("merged");
-    std::fs::create_dir(&merged).unwrap();
-    let o = format!("lowerdir={lowerdir}");
-    let direct = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &o])
-        .arg(&merged)
-        .output()
-        .unwrap();
-    let _m = if direct.status.success() {
-        Mount::guard(&merged)
-    } else {
-        assert!(
-            !lowerdir.contains(':'),
-            "mount -o {o} failed: {}",
-            String::from_utf8_lossy(&direct.stderr)
-        );
-        let (u, w) = (t.path().join("upper"), t.path().join("work"));
-        std::fs::create_dir(&u).unwrap();
-        std::fs::create_dir(&w).unwrap();
-        Mount::overlay(&[Path::new(lowerdir)], &u, &w, &merged, "")
-    };
+    let m = mount_lowers(tmp, lowerdir, "");
+    let merged = &m.path;
     let d = Command::new(python())
         .arg(support("dump.py"))
-        .arg(&merged)
+        .arg(merged)
         .output()
         .unwrap();
     if !d.status.success() {
@@ -1481,7 +1457,7 @@ fn merged_view(tmp: &Path, lowerdir: &str) -> Result<String, String> {
     Ok(format!(
         "{}--- mtimes (ns)\n{}",
         String::from_utf8(d.stdout).unwrap(),
-        stat_list(&merged, "mtime")
+        stat_list(merged, "mtime")
     ))
 }
 

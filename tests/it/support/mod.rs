@@ -543,3 +543,48 @@ pub fn stat_list(root: &Path, mode: &str) -> String {
         .arg(root));
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// A read-only overlay mount of some layer dirs; unmounted, then its dir removed, when dropped.
+pub struct LowerMount {
+    pub path: PathBuf,
+    _mount: Mount,
+    _dir: tempfile::TempDir,
+}
+
+/// Mount `lowerdir` (topmost first) read-only in a fresh dir under `tmp`, with `opts` before
+/// it; with an empty upper+work if the kernel refuses a single lower without one.
+pub fn mount_lowers(tmp: &Path, lowerdir: &str, opts: &str) -> LowerMount {
+    let dir = tempfile::Builder::new()
+        .prefix("mnt-")
+        .tempdir_in(tmp)
+        .unwrap();
+    let merged = dir.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    let mut o = format!("lowerdir={lowerdir}");
+    if !opts.is_empty() {
+        o = format!("{opts},{o}");
+    }
+    let direct = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &o])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    let mount = if direct.status.success() {
+        Mount::guard(&merged)
+    } else {
+        assert!(
+            !lowerdir.contains(':'),
+            "mount -o {o} failed: {}",
+            String::from_utf8_lossy(&direct.stderr)
+        );
+        let (u, w) = (dir.path().join("upper"), dir.path().join("work"));
+        std::fs::create_dir(&u).unwrap();
+        std::fs::create_dir(&w).unwrap();
+        Mount::overlay(&[Path::new(lowerdir)], &u, &w, &merged, opts)
+    };
+    LowerMount {
+        path: merged,
+        _mount: mount,
+        _dir: dir,
+    }
+}
