@@ -485,16 +485,8 @@ impl<'a> Merger<'a> {
                 fresh: true,
                 replaced,
             },
-            State::Whiteout => State::Dir {
-                header: Header::Implied(layer),
-                fresh: true,
-                replaced: true,
-            },
-            _ => State::Dir {
-                header: Header::Implied(layer),
-                fresh: true,
-                replaced: false,
-            },
+            // (A whiteout on the way, this one included, became a dir above.)
+            _ => made(),
         };
     }
 

@@ -7,7 +7,6 @@
 //! the same tars, for every prefix of the stack, nanosecond mtimes included.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,28 +15,6 @@ use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Run `cmd` with `input` on stdin; panic unless it succeeds.
-fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    succeeded(cmd, child.wait_with_output().unwrap())
-}
-
-/// The hex sha256 of some bytes, by `sha256sum`.
-fn sha256_hex(data: &[u8]) -> String {
-    let o = run_with_stdin(&mut Command::new("sha256sum"), data);
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// OCI chainIDs (`sha256:` prefixed) of a stack, bottom first, from its diffIDs.
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -395,12 +372,6 @@ fn two_part(file: &Path, at: usize, tool: &[&str], out: &Path) {
     std::fs::write(out, all).unwrap();
 }
 
-fn compress(file: &Path, tool: &[&str], out: &Path) {
-    let data = std::fs::read(file).unwrap();
-    let o = run_with_stdin(Command::new(tool[0]).args(&tool[1..]), &data);
-    std::fs::write(out, o.stdout).unwrap();
-}
-
 /// A raw layer dir as text: its dump and its ns mtimes. With `whiteout_times` false the mtimes
 /// of char-0/0 whiteouts are left out (the kernel ignores them; the tar gives them none).
 fn fingerprint(diff: &Path, whiteout_times: bool) -> String {
@@ -437,20 +408,8 @@ const STACK: &str = concat!(
 f ./dotslash data=d
 f /leading data=l
 
-=== L2
-l fd link=df
-d df mtime=1600000600
-f df/again data=again
-f sd data=file
-w .wh.ds
-w etc/.wh.shadow
-w recreate/.wh.new
-d del mtime=1600000700
-f del/back data=back
-w .wh.hl-lower
-f own data=changed
-f usr/bin/new data=new
-"#
+"#,
+    every_type_l2!()
 );
 
 #[test]

@@ -279,37 +279,6 @@ fn compression_follows_extension_unless_forced() {
     }
 }
 
-/// `--json` through Python's json module: (mediaType, digest, size, diffID), exactly those keys.
-fn descriptor(stdout: &[u8]) -> (String, String, u64, String) {
-    let script = r#"
-import json, sys
-d = json.loads(sys.stdin.buffer.read())
-assert set(d) == {"mediaType", "digest", "size", "diffID"}, sorted(d)
-assert type(d["size"]) is int, d
-print(d["mediaType"], d["digest"], d["size"], d["diffID"])
-"#;
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(stdout).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "--json output {:?}: {}",
-        String::from_utf8_lossy(stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8(out.stdout).unwrap();
-    let f: Vec<&str> = s.split_whitespace().collect();
-    (f[0].into(), f[1].into(), f[2].parse().unwrap(), f[3].into())
-}
-
 #[test]
 fn json_descriptor_matches_independent_digests() {
     let t = scratch();

@@ -41,10 +41,10 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
@@ -90,18 +90,6 @@ fn squash_to(layers: &[PathBuf], out: &Path, args: &[&str]) -> Output {
     quiet(squash_cmd().args(args).arg("-o").arg(out).args(layers))
 }
 
-/// Run `cmd` with `input` on stdin; panic unless it succeeds.
-fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    succeeded(cmd, child.wait_with_output().unwrap())
-}
-
 /// The uncompressed tar inside a file, by `gzip -dc` / `zstd -dc` (never by layerkit).
 fn plain_tar(p: &Path) -> Vec<u8> {
     let bytes = std::fs::read(p).unwrap();
@@ -112,22 +100,6 @@ fn plain_tar(p: &Path) -> Vec<u8> {
     } else {
         bytes
     }
-}
-
-/// The hex sha256 of some bytes, by `sha256sum`.
-fn sha256_hex(data: &[u8]) -> String {
-    let o = run_with_stdin(&mut Command::new("sha256sum"), data);
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn compress(file: &Path, tool: &[&str], out: &Path) {
-    let data = std::fs::read(file).unwrap();
-    let o = run_with_stdin(Command::new(tool[0]).args(&tool[1..]), &data);
-    std::fs::write(out, o.stdout).unwrap();
 }
 
 /// A unique name for a scratch entry.
@@ -1878,20 +1850,9 @@ f ./dotslash data=d
 f /leading data=l
 f big size=5000
 
-=== L2
-l fd link=df
-d df mtime=1600000600
-f df/again data=again
-f sd data=file
-w .wh.ds
-w etc/.wh.shadow
-w recreate/.wh.new
-d del mtime=1600000700
-f del/back data=back
-w .wh.hl-lower
-f own data=changed
-f usr/bin/new data=new
-h big-link link=big
+"#,
+    every_type_l2!(),
+    r#"h big-link link=big
 "#
 );
 
@@ -2216,26 +2177,6 @@ fn output_is_deterministic_across_jobs_compressions_and_input_forms() {
         let r = quiet(squash_cmd().args(flags).args(["-o", "-"]).args(&tars));
         assert!(r.stdout == plain, "{tag}: -o - (plain) differs from .tar");
     }
-}
-
-/// `--json`: the one stdout line, parsed by Python.
-fn descriptor(stdout: &[u8]) -> (String, String, u64, String) {
-    let script = r#"
-import json, sys
-d = json.loads(sys.stdin.buffer.read())
-assert set(d) == {"mediaType", "digest", "size", "diffID"}, sorted(d)
-assert type(d["size"]) is int, d
-print(d["mediaType"], d["digest"], d["size"], d["diffID"])
-"#;
-    let s = String::from_utf8_lossy(stdout);
-    assert!(
-        s.ends_with('\n') && s.matches('\n').count() == 1,
-        "--json: exactly one line: {s:?}"
-    );
-    let out = run_with_stdin(Command::new(python()).arg("-c").arg(script), stdout);
-    let s = String::from_utf8(out.stdout).unwrap();
-    let f: Vec<&str> = s.split_whitespace().collect();
-    (f[0].into(), f[1].into(), f[2].parse().unwrap(), f[3].into())
 }
 
 #[test]

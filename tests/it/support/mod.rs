@@ -3,8 +3,9 @@
 //! a tar listing read by Python's `tarfile` and GNU tar (never by layerkit).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// True when this process is root and can mount overlayfs with trusted xattrs on the scratch
@@ -503,6 +504,27 @@ h sym2-hl link=sym2
     };
 }
 
+/// Layer 2 of the every-entry-type stacks, but for the lines each stack adds: replacements back
+/// and forth, a whiteout of a file L1 linked to, a dir deleted in L1 made again.
+macro_rules! every_type_l2 {
+    () => {
+        r#"=== L2
+l fd link=df
+d df mtime=1600000600
+f df/again data=again
+f sd data=file
+w .wh.ds
+w etc/.wh.shadow
+w recreate/.wh.new
+d del mtime=1600000700
+f del/back data=back
+w .wh.hl-lower
+f own data=changed
+f usr/bin/new data=new
+"#
+    };
+}
+
 /// The Python interpreter itself, resolved once (a version-manager shim costs ~0.2 s a call).
 pub fn python() -> &'static str {
     static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -587,4 +609,54 @@ pub fn mount_lowers(tmp: &Path, lowerdir: &str, opts: &str) -> LowerMount {
         _mount: mount,
         _dir: dir,
     }
+}
+
+/// Run `cmd` with `input` on stdin; panic unless it succeeds.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    succeeded(cmd, child.wait_with_output().unwrap())
+}
+
+/// The hex sha256 of some bytes, by `sha256sum`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let o = run_with_stdin(&mut Command::new("sha256sum"), data);
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `tool` (e.g. `["zstd", "-q"]`) over `file` into `out`.
+pub fn compress(file: &Path, tool: &[&str], out: &Path) {
+    let data = std::fs::read(file).unwrap();
+    let o = run_with_stdin(Command::new(tool[0]).args(&tool[1..]), &data);
+    std::fs::write(out, o.stdout).unwrap();
+}
+
+/// `--json`: the one stdout line, parsed by Python: (mediaType, digest, size, diffID), exactly
+/// those keys.
+pub fn descriptor(stdout: &[u8]) -> (String, String, u64, String) {
+    let script = r#"
+import json, sys
+d = json.loads(sys.stdin.buffer.read())
+assert set(d) == {"mediaType", "digest", "size", "diffID"}, sorted(d)
+assert type(d["size"]) is int, d
+print(d["mediaType"], d["digest"], d["size"], d["diffID"])
+"#;
+    let s = String::from_utf8_lossy(stdout);
+    assert!(
+        s.ends_with('\n') && s.matches('\n').count() == 1,
+        "--json: exactly one line: {s:?}"
+    );
+    let out = run_with_stdin(Command::new(python()).arg("-c").arg(script), stdout);
+    let s = String::from_utf8(out.stdout).unwrap();
+    let f: Vec<&str> = s.split_whitespace().collect();
+    (f[0].into(), f[1].into(), f[2].parse().unwrap(), f[3].into())
 }
