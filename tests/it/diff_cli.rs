@@ -33,19 +33,6 @@ fn plain_upper(root: &Path) -> PathBuf {
     u
 }
 
-/// The first 512 bytes' kind: "tar" (ustar magic), "gzip" or "zstd".
-fn kind(bytes: &[u8]) -> &'static str {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        "gzip"
-    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        "zstd"
-    } else if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
-        "tar"
-    } else {
-        "unknown"
-    }
-}
-
 #[test]
 fn bad_inputs_fail_with_one_line_and_no_output() {
     let t = scratch();

@@ -2219,16 +2219,7 @@ fn json_descriptor_matches_independent_digests() {
         let r = squash_to(&tars, &out, &[args, &["--json"]].concat());
         let (m, digest, size, diff_id) = descriptor(&r.stdout);
         let bytes = std::fs::read(&out).unwrap();
-        let kind = if bytes.starts_with(&[0x1f, 0x8b]) {
-            "gzip"
-        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            "zstd"
-        } else if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
-            "tar"
-        } else {
-            "unknown"
-        };
-        assert_eq!(kind, magic, "{name}: compression");
+        assert_eq!(kind(&bytes), magic, "{name}: compression");
         assert_eq!(m, media, "{name}: mediaType");
         assert_eq!(digest, sha256_file(&out), "{name}: digest");
         assert_eq!(

@@ -660,3 +660,16 @@ print(d["mediaType"], d["digest"], d["size"], d["diffID"])
     let f: Vec<&str> = s.split_whitespace().collect();
     (f[0].into(), f[1].into(), f[2].parse().unwrap(), f[3].into())
 }
+
+/// The first 512 bytes' kind: "tar" (ustar magic), "gzip" or "zstd".
+pub fn kind(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        "gzip"
+    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "zstd"
+    } else if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
+        "tar"
+    } else {
+        "unknown"
+    }
+}
