@@ -231,8 +231,11 @@ impl<W: Write> ParGz<W> {
             .map(|_| {
                 let rx = rx.clone();
                 std::thread::spawn(move || {
-                    let mut c = Compress::new(flate2::Compression::new(level), false);
                     for job in rx {
+                        // A fresh compressor per block: with zlib-rs, `reset()` + `set_dictionary`
+                        // still gives bytes that depend on the previous stream, so a reused one
+                        // made each block depend on which blocks its worker did before (-j, timing).
+                        let mut c = Compress::new(flate2::Compression::new(level), false);
                         let r = deflate_block(&mut c, &job.data, job.dict_len, job.last);
                         let _ = job.done.send(r);
                     }
@@ -340,7 +343,6 @@ fn deflate_block(
     dict_len: usize,
     last: bool,
 ) -> io::Result<Vec<u8>> {
-    c.reset();
     if dict_len > 0 {
         c.set_dictionary(&data[..dict_len])
             .map_err(io::Error::other)?;
@@ -413,6 +415,64 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert!(back.is_empty());
+    }
+
+    /// Text-like data of many gzip blocks: words, numbers and long repeats at varying distance,
+    /// so blocks find matches in their dictionary and a compressor's stale state would show.
+    fn many_blocks(len: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "usr", "lib", "share", "doc", "python3", "import", "def ", "return", "self", ".so",
+            "\n", "    ", "0x", "error", "layer", "/", "=", "(", ")", "tar",
+        ];
+        let mut v = Vec::with_capacity(len + 64);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 16 {
+                0 => v.extend_from_slice(format!("{}", x >> 40).as_bytes()),
+                1 if v.len() > 70_000 => {
+                    let back = 1 + (x >> 20) as usize % 60_000;
+                    let n = 16 + (x >> 8) as usize % 200;
+                    let from = v.len() - back;
+                    for i in 0..n {
+                        v.push(v[from + i]);
+                    }
+                }
+                k => v.extend_from_slice(
+                    WORDS[(k as usize + (x >> 32) as usize) % WORDS.len()].as_bytes(),
+                ),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn gzip_bytes_do_not_depend_on_threads_runs_or_level() {
+        // 48 blocks: each worker compresses many blocks, so history it kept between them shows.
+        let data = many_blocks(48 * GZ_BLOCK + 1234);
+        for level in [1, 6, 9] {
+            let enc = |jobs| {
+                let mut e = Encoder::new(Compression::Gzip, Vec::new(), jobs, Some(level)).unwrap();
+                for chunk in data.chunks(1 << 20) {
+                    e.write_all(chunk).unwrap();
+                }
+                e.finish().unwrap()
+            };
+            let first = enc(1);
+            for jobs in [1, 2, 4, 2, 4] {
+                assert!(
+                    enc(jobs) == first,
+                    "level {level}, {jobs} jobs: other bytes than 1 job"
+                );
+            }
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&first[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == data, "level {level}: round trip");
+        }
     }
 
     #[test]
