@@ -12,7 +12,6 @@
 //! several of these at once and settles what each layer owes its lowers.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +26,7 @@ use crate::entry::Sink;
 use crate::error::{Error, Result};
 use crate::overlay::write::LayerWriter;
 use crate::overlay::Namespace;
+use crate::staging;
 use crate::sys;
 use crate::tar::entry::to_entry;
 use crate::tar::read::Reader;
@@ -348,27 +348,21 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
             }
         }
     }
-    let mut tmp = b".".to_vec();
-    tmp.extend_from_slice(&name);
-    tmp.extend_from_slice(format!(".layerkit-tmp-{}", std::process::id()).as_bytes());
-    let _ = sys::remove_all_at(parent.as_fd(), &tmp);
-    sys::mkdirat(&parent, &tmp, 0o700).map_err(|e| Error::io(dir, e))?;
-    let result = (|| -> Result<(Option<Digests>, Vec<String>)> {
-        let root: OwnedFd = sys::openat_dir(&parent, &tmp).map_err(|e| Error::io(dir, e))?;
-        let mut w = LayerWriter::new(root, opts.ns, false);
-        let d = unpack(input, &mut w, &AtomicBool::new(false), !opts.skip_digests)
-            .map_err(|e| e.in_layer(&input.label))?;
-        let warnings = w.finish().map_err(|e| e.in_layer(&input.label))?;
-        sys::renameat(&parent, &tmp, &parent, &name).map_err(|e| Error::io(dir, e))?;
-        Ok((d, warnings))
-    })();
-    let (d, warnings) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = sys::remove_all_at(parent.as_fd(), &tmp);
-            return Err(e);
-        }
-    };
+    let parent = Arc::new(parent);
+    // Dropped on any error: the temporary tree goes with it.
+    let (tmp, root) = staging::directory(parent, &name, 0o700).map_err(|e| Error::io(dir, e))?;
+    // The writer gets a duplicate: the original fd keeps the temporary dir locked until it is
+    // published, whatever the writer closes.
+    let mut w = LayerWriter::new(
+        root.try_clone().map_err(|e| Error::io(dir, e))?,
+        opts.ns,
+        false,
+    );
+    let d = unpack(input, &mut w, &AtomicBool::new(false), !opts.skip_digests)
+        .map_err(|e| e.in_layer(&input.label))?;
+    let warnings = w.finish().map_err(|e| e.in_layer(&input.label))?;
+    tmp.publish(&name).map_err(|e| Error::io(dir, e))?;
+    drop(root);
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let path = abs.display().to_string();
     Ok(ApplyReport {

@@ -158,5 +158,18 @@ impl Error {
     }
 }
 
+/// Of the errors of a failed pipeline, in the order of its stages (or layers), the one to show:
+/// the first that failed of its own accord, not one that stopped because another stage failed.
+pub(crate) fn cause(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
+    let mut stopped = None;
+    for e in errors {
+        match e {
+            Error::Stopped => stopped = Some(e),
+            e => return Some(e),
+        }
+    }
+    stopped
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

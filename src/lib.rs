@@ -33,6 +33,7 @@ pub mod error;
 pub mod output;
 pub mod overlay;
 pub mod squash;
+pub mod staging;
 pub mod store;
 mod sys;
 pub mod tar;

@@ -9,13 +9,16 @@
 //! their own workers. Output bytes depend only on what the producer writes, never on timing.
 
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crossbeam_channel::bounded;
 
 use crate::compress::{Compression, Encoder};
 use crate::digest::{Descriptor, HashWriter, Hasher};
 use crate::error::{Error, Result};
+use crate::staging;
 use crate::sys;
 
 /// How to encode the blob.
@@ -134,17 +137,12 @@ where
         })();
         let produced = producer.join().expect("producer panicked");
         let written = writer.join().expect("writer panicked");
-        // A stage that stopped because another failed reports Stopped; show the real cause.
         let mut errors = Vec::new();
         let r = produced.map_err(|e| errors.push(e)).ok();
         let done = sink.map_err(|e| errors.push(e)).ok();
         let out = written.map_err(|e| errors.push(e)).ok();
-        if !errors.is_empty() {
-            let i = errors
-                .iter()
-                .position(|e| !matches!(e, Error::Stopped))
-                .unwrap_or(0);
-            return Err(errors.swap_remove(i));
+        if let Some(e) = crate::error::cause(errors) {
+            return Err(e);
         }
         let (digest, diff_id, size) = done.expect("no error");
         let descriptor = Descriptor {
@@ -157,13 +155,49 @@ where
     })
 }
 
-/// Write the file `path` through `fill`, staged under a temporary name in the same directory and
-/// renamed into place only when complete: a failure leaves no partial file, and an existing file
-/// stays intact.
-pub fn to_file<T>(
-    path: &Path,
-    fill: impl FnOnce(io::BufWriter<std::fs::File>) -> Result<(T, io::BufWriter<std::fs::File>)>,
-) -> Result<T> {
+/// Where `-o PATH` puts the bytes.
+enum Target {
+    /// An existing device or FIFO (or a symlink to one): written in place, as `tar -f` does; a
+    /// rename over it would replace the node (turn `/dev/null` into a file, orphan a FIFO's reader).
+    Through(std::fs::File),
+    /// A regular file or a new name: a temporary file beside it, renamed onto it when complete.
+    Staged { dir: Arc<OwnedFd>, name: Vec<u8> },
+}
+
+/// Decide where `path` is written, before any work: a directory or a socket is refused here, not
+/// after the whole layer was made.
+fn target(path: &Path) -> Result<Target> {
+    let usage = |why: &str| Error::Usage(format!("{}: {why}", path.display()));
+    match sys::stat_path(path, true) {
+        Ok(st) => match sys::file_type(&st) {
+            sys::FileType::Directory => Err(usage("is a directory; -o names the layer file")),
+            sys::FileType::Socket => Err(usage("is a socket; -o takes a file, a device or a FIFO")),
+            sys::FileType::RegularFile => {
+                let is_link = sys::stat_path(path, false)
+                    .is_ok_and(|l| sys::file_type(&l) == sys::FileType::Symlink);
+                // Through a symlink, the file it points at is replaced and the link kept.
+                let real = if is_link {
+                    std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?
+                } else {
+                    path.to_path_buf()
+                };
+                staged(&real)
+            }
+            _ => Ok(Target::Through(
+                sys::open_write_through(path).map_err(|e| Error::io(path, e))?,
+            )),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if sys::stat_path(path, false).is_ok() {
+                return Err(usage("is a symlink to nothing; name the file itself"));
+            }
+            staged(path)
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn staged(path: &Path) -> Result<Target> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -171,24 +205,37 @@ pub fn to_file<T>(
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".layerkit-tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let file = sys::create_new(&tmp).map_err(|e| Error::io(path, e))?;
-    let result = fill(io::BufWriter::with_capacity(1 << 20, file)).and_then(|(t, w)| {
-        w.into_inner()
-            .map_err(|e| Error::io(path, e.into_error()))?;
-        Ok(t)
-    });
-    match result {
-        Ok(t) => {
-            sys::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(Target::Staged {
+        dir: Arc::new(sys::open_dir(&dir).map_err(|e| Error::io(&dir, e))?),
+        name: name.as_encoded_bytes().to_vec(),
+    })
+}
+
+/// Write the file `path` through `fill`. A regular file or new name is staged under a temporary
+/// name in the same directory and renamed into place only when complete (a failure or a signal
+/// leaves no partial file, an existing file stays intact); a device or FIFO is written through.
+pub fn to_file<T>(
+    path: &Path,
+    fill: impl FnOnce(io::BufWriter<std::fs::File>) -> Result<(T, io::BufWriter<std::fs::File>)>,
+) -> Result<T> {
+    let finish = |w: io::BufWriter<std::fs::File>| -> Result<std::fs::File> {
+        w.into_inner().map_err(|e| Error::io(path, e.into_error()))
+    };
+    match target(path)? {
+        Target::Through(f) => {
+            let (t, w) =
+                fill(io::BufWriter::with_capacity(1 << 20, f)).map_err(|e| name_output(e, path))?;
+            finish(w)?;
             Ok(t)
         }
-        Err(e) => {
-            let _ = sys::remove_file(&tmp);
-            Err(name_output(e, path))
+        Target::Staged { dir, name } => {
+            // Dropping `tmp` on any error below removes the temporary file.
+            let (tmp, file) = staging::file(dir, &name).map_err(|e| Error::io(path, e))?;
+            let (t, w) = fill(io::BufWriter::with_capacity(1 << 20, file))
+                .map_err(|e| name_output(e, path))?;
+            drop(finish(w)?);
+            tmp.publish(&name).map_err(|e| Error::io(path, e))?;
+            Ok(t)
         }
     }
 }

@@ -35,6 +35,12 @@ pub enum Personality {
 
 /// Run the CLI as `who`; returns the process exit code (0 ok, 1 failed, 2 usage).
 pub fn main(who: Personality) -> ExitCode {
+    // Ctrl-C, kill and a closed terminal remove what this run staged before it dies.
+    if let Err(e) = crate::staging::remove_on_signals() {
+        eprintln!(
+            "warning: cannot catch signals ({e}): an interrupted run may leave temporary files"
+        );
+    }
     let (prog, result) = match who {
         Personality::Layerkit => match LayerkitCli::parse().command {
             Command::Diff(a) => ("layerkit diff", run_diff(a)),

@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::unbounded;
 use sha2::{Digest as _, Sha256};
@@ -31,6 +32,7 @@ use crate::digest::{self, chain_id};
 use crate::error::{Error, Result};
 use crate::overlay::lower::LowerView;
 use crate::overlay::write::LayerWriter;
+use crate::staging;
 use crate::sys;
 
 const STATE: &[u8] = b".layerkit";
@@ -40,7 +42,7 @@ struct Store {
     path: PathBuf,
     fd: OwnedFd,
     state: OwnedFd,
-    staging: OwnedFd,
+    staging: Arc<OwnedFd>,
     blobs: OwnedFd,
     links: OwnedFd,
     lock: OwnedFd,
@@ -55,29 +57,93 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// What a run found at `--store DIR`, so that a failed first run can leave it as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A store an earlier run made.
+    Store,
+    /// An empty directory: this run makes the store in it.
+    Empty,
+    /// Nothing: this run made the directory too.
+    Nothing,
+}
+
 impl Store {
-    fn open(path: &Path) -> Result<Store> {
+    /// Open the store at `path`, making it in a new or empty directory. Anything else (a file, a
+    /// directory holding other things, such as a live containers-storage or docker root) is
+    /// refused before anything is written.
+    fn open(path: &Path) -> Result<(Store, Found)> {
         let e = |err: io::Error| Error::io(path, err);
-        sys::mkdir_p(path, 0o710).map_err(e)?;
+        let mut found = match sys::stat_path(path, true) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                sys::mkdir_p(path, 0o710).map_err(e)?;
+                Found::Nothing
+            }
+            Err(err) => return Err(e(err)),
+            Ok(st) if sys::file_type(&st) != sys::FileType::Directory => {
+                return Err(e(io::Error::other("not a directory")));
+            }
+            Ok(_) => Found::Store,
+        };
         let fd = sys::open_dir(path).map_err(e)?;
+        let names = sys::read_dir_names(&fd).map_err(e)?;
+        if !names.iter().any(|n| n == STATE) {
+            if !names.is_empty() {
+                return Err(e(io::Error::other(
+                    "not a layerkit store (it holds other files and no .layerkit); \
+                     --store takes a new or empty directory, or a store layerkit made",
+                )));
+            }
+            if found == Found::Store {
+                found = Found::Empty;
+            }
+        }
         let sub = |at: &OwnedFd, name: &[u8], mode: u32| -> Result<OwnedFd> {
             sys::mkdirat_exist_ok(at, name, mode).map_err(e)?;
             sys::openat_dir(at, name).map_err(e)
         };
-        let links = sub(&fd, b"l", 0o700)?;
         let state = sub(&fd, STATE, 0o700)?;
+        let links = sub(&fd, b"l", 0o700)?;
         let staging = sub(&state, b"staging", 0o700)?;
         let blobs = sub(&state, b"blobs", 0o700)?;
         let lock = sys::open_lock_file(&state, b"lock").map_err(e)?;
-        Ok(Store {
+        let store = Store {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             fd,
             state,
-            staging,
+            staging: Arc::new(staging),
             blobs,
             links,
             lock,
-        })
+        };
+        Ok((store, found))
+    }
+
+    /// A first run that committed nothing takes back the skeleton it made (and the directory, if
+    /// it made that too), so a failed first run leaves `--store DIR` as it found it. Under the
+    /// lock, and only while no other run stages and no layer is in the store.
+    fn unmake(&self, found: Found) {
+        if found == Found::Store {
+            return;
+        }
+        let Ok(_guard) = self.lock() else { return };
+        let staging_empty = sys::read_dir_names(&*self.staging).is_ok_and(|v| v.is_empty());
+        let links_empty = sys::read_dir_names(&self.links).is_ok_and(|v| v.is_empty());
+        let only_ours =
+            sys::read_dir_names(&self.fd).is_ok_and(|v| v.iter().all(|n| n == STATE || n == b"l"));
+        if !(staging_empty && links_empty && only_ours) {
+            return;
+        }
+        let _ = sys::remove_all_at(self.fd.as_fd(), b"l");
+        let _ = sys::remove_all_at(self.fd.as_fd(), STATE);
+        if found == Found::Nothing {
+            let _ = sys::rmdir(&self.path);
+        }
+    }
+
+    /// Whether another run removed this store's state (its first run failed) after we opened it.
+    fn gone(&self) -> bool {
+        sys::fstat(&self.state).map_or(true, |st| st.st_nlink == 0)
     }
 
     fn lock(&self) -> Result<Locked<'_>> {
@@ -87,8 +153,8 @@ impl Store {
 
     /// Remove staging dirs whose run is gone (nobody holds their lock). Called under the lock.
     fn clean_orphans(&self) {
-        for name in sys::read_dir_names(&self.staging).unwrap_or_default() {
-            let orphan = match sys::openat_dir(&self.staging, &name)
+        for name in sys::read_dir_names(&*self.staging).unwrap_or_default() {
+            let orphan = match sys::openat_dir(&*self.staging, &name)
                 .and_then(|d| sys::open_lock_file(&d, b"lock"))
             {
                 Ok(l) => sys::flock(&l, true, true).unwrap_or(false),
@@ -169,14 +235,17 @@ impl Store {
             }
         };
         sys::write_file_atomic(staged.as_fd(), b"link", link.as_bytes(), 0o644).map_err(e)?;
-        match sys::rename_noreplace(run, k, &self.fd, id.as_bytes()) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(err) => return Err(e(err)),
-        }
-        let target = format!("../{id}/diff");
-        sys::symlinkat(target.as_bytes(), &self.links, link.as_bytes()).map_err(e)?;
-        Ok(true)
+        // The layer and its short link appear together, never split by a signal's cleanup.
+        staging::exclusive(|| {
+            match sys::rename_noreplace(run, k, &self.fd, id.as_bytes()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(err) => return Err(e(err)),
+            }
+            let target = format!("../{id}/diff");
+            sys::symlinkat(target.as_bytes(), &self.links, link.as_bytes()).map_err(e)?;
+            Ok(true)
+        })
     }
 
     fn remember(&self, d: &Digests) {
@@ -253,25 +322,38 @@ type Unpacked = (usize, Result<(LayerWriter, Digests)>);
 /// Unpack `inputs` (bottom first) into the store at `path`.
 pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result<ApplyReport> {
     sys::raise_nofile_limit();
-    let store = Store::open(path)?;
-    let run_name = format!(
-        "{}-{}",
-        std::process::id(),
-        layout::link_name(&sys::random17().map_err(|e| Error::io(path, e))?)
-    );
-    let (run, _run_lock) = {
-        let _guard = store.lock()?;
-        store.clean_orphans();
-        let e = |err: io::Error| Error::io(path, err);
-        sys::mkdirat(&store.staging, run_name.as_bytes(), 0o700).map_err(e)?;
-        let run = sys::openat_dir(&store.staging, run_name.as_bytes()).map_err(e)?;
-        let lock = sys::open_lock_file(&run, b"lock").map_err(e)?;
-        sys::flock(&lock, true, false).map_err(e)?;
-        (run, lock)
+    let e = |err: io::Error| Error::io(path, err);
+    // A concurrent first run that failed may take the store back between our open and our lock:
+    // then open it anew.
+    let (store, found, run, run_dir, _run_lock) = loop {
+        let (store, found) = Store::open(path)?;
+        let staged = {
+            let _guard = store.lock()?;
+            if store.gone() {
+                continue;
+            }
+            store.clean_orphans();
+            let name = format!(
+                "{}-{}",
+                std::process::id(),
+                layout::link_name(&sys::random17().map_err(e)?)
+            );
+            sys::mkdirat(&*store.staging, name.as_bytes(), 0o700).map_err(e)?;
+            // Removed when this run ends, however it ends (a signal included).
+            let run = staging::Registered::new(store.staging.clone(), name.into_bytes());
+            let dir = sys::openat_dir(run.dir(), run.name()).map_err(e)?;
+            let lock = sys::open_lock_file(&dir, b"lock").map_err(e)?;
+            sys::flock(&lock, true, false).map_err(e)?;
+            (run, dir, lock)
+        };
+        break (store, found, staged.0, staged.1, staged.2);
     };
-    let result = run_stack(&store, &run, inputs, opts);
-    let _ = sys::remove_all_at(store.staging.as_fd(), run_name.as_bytes());
-    let _ = &store.state;
+    let result = run_stack(&store, &run_dir, inputs, opts);
+    drop(run_dir);
+    drop(run);
+    if result.is_err() {
+        store.unmake(found);
+    }
     result
 }
 
@@ -365,7 +447,10 @@ fn commit_in_order(
                     Err(_) => return Err(Error::Stopped),
                 }
             };
-            let (mut w, d) = got.map_err(|e| e.in_layer(label))?;
+            let (mut w, d) = match got {
+                Ok(x) => x,
+                Err(e) => return Err(stack_error(k, e, done, rx, inputs)),
+            };
             let view = LowerView::new(
                 lowers
                     .iter()
@@ -415,4 +500,29 @@ fn commit_in_order(
         lowerdir,
         warnings,
     })
+}
+
+/// The error to show when layer `k` failed with `err`: if it only stopped because another layer
+/// failed, wait for every layer and show the first (in stack order) that failed of its own accord,
+/// whatever the timing.
+fn stack_error(
+    k: usize,
+    err: Error,
+    mut done: HashMap<usize, Result<(LayerWriter, Digests)>>,
+    rx: &crossbeam_channel::Receiver<Unpacked>,
+    inputs: &[Input],
+) -> Error {
+    done.insert(k, Err(err));
+    done.extend(rx.iter());
+    let mut failed: Vec<(usize, Error)> = done
+        .into_iter()
+        .filter_map(|(j, r)| r.err().map(|e| (j, e)))
+        .collect();
+    failed.sort_by_key(|(j, _)| *j);
+    crate::error::cause(
+        failed
+            .into_iter()
+            .map(|(j, e)| e.in_layer(&inputs[j].label)),
+    )
+    .unwrap_or(Error::Stopped)
 }

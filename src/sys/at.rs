@@ -460,3 +460,36 @@ pub fn mkdirat_exist_ok(dir: impl AsFd, name: &[u8], mode: u32) -> io::Result<()
         r => r,
     }
 }
+
+/// `openat(dir, name, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, mode)`: a new file with `mode` less the
+/// umask, as `creat(2)` would make an output file.
+pub fn create_excl_mode(dir: impl AsFd, name: &[u8], mode: u32) -> io::Result<File> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(
+        dir,
+        cstr(name)?.as_c_str(),
+        flags,
+        Mode::from_raw_mode(mode),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// `openat(dir, name, O_RDONLY|O_NOFOLLOW|O_NONBLOCK)`: a file or directory, only to lock it.
+pub fn open_any_at(dir: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    Ok(rfs::openat(
+        dir,
+        cstr(name)?.as_c_str(),
+        flags,
+        Mode::empty(),
+    )?)
+}
+
+/// `kill(pid, 0)`: whether a process of that pid exists (EPERM means it does, not ours).
+pub fn process_alive(pid: i32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH))
+}

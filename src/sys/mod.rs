@@ -145,23 +145,21 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// Create `path` exclusively for writing (mode 0666 & ~umask): output files are staged under a
-/// temporary name, so an existing file of that name is never clobbered midway.
-pub fn create_new(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
+/// `stat(path)` (following symlinks) or `lstat(path)`.
+pub fn stat_path(path: &Path, follow: bool) -> io::Result<Stat> {
+    let flags = if follow {
+        AtFlags::empty()
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    Ok(rfs::statat(rfs::CWD, path, flags)?)
 }
 
-/// `rename(from, to)`.
-pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)
-}
-
-/// `unlink(path)`.
-pub fn remove_file(path: &Path) -> io::Result<()> {
-    std::fs::remove_file(path)
+/// `open(path, O_WRONLY)`, following symlinks: an existing device or FIFO written through, as
+/// `tar -f` does.
+pub fn open_write_through(path: &Path) -> io::Result<File> {
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    Ok(File::from(rfs::open(path, flags, Mode::empty())?))
 }
 
 /// An anonymous file in `dir` (`O_TMPFILE`, mode 0600): it has no name, so a crash leaves nothing
@@ -197,4 +195,9 @@ pub fn read_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
 /// The file is a regular file (so it can be read at any offset).
 pub fn is_regular(f: &File) -> bool {
     fstat(f).is_ok_and(|st| file_type(&st) == FileType::RegularFile)
+}
+
+/// `rmdir(path)`.
+pub fn rmdir(path: &Path) -> io::Result<()> {
+    Ok(rfs::unlinkat(rfs::CWD, path, AtFlags::REMOVEDIR)?)
 }
