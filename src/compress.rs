@@ -33,15 +33,42 @@ impl Compression {
         }
     }
 
-    /// Guess from an output file name: `.tar.gz`/`.tgz` gzip, `.tar.zst`/`.tzst` zstd, else none.
-    pub fn from_path(p: &Path) -> Compression {
-        let n = p.as_os_str().as_encoded_bytes();
-        if n.ends_with(b".gz") || n.ends_with(b".tgz") {
-            Compression::Gzip
-        } else if n.ends_with(b".zst") || n.ends_with(b".tzst") {
-            Compression::Zstd
-        } else {
-            Compression::None
+    /// From an output file name: `.tar` and no extension at all (`/dev/null`, a blob named by its
+    /// digest) a plain tar, `.gz`/`.tgz` gzip, `.zst`/`.tzst` zstd. `None` for any other extension
+    /// (`.xz`, `.bz2`, ...): writing a plain tar under such a name would mislead every reader.
+    pub fn from_path(p: &Path) -> Option<Compression> {
+        match p.extension().map(|e| e.as_encoded_bytes()) {
+            None | Some(b"tar") => Some(Compression::None),
+            Some(b"gz" | b"tgz") => Some(Compression::Gzip),
+            Some(b"zst" | b"tzst") => Some(Compression::Zstd),
+            Some(_) => None,
+        }
+    }
+
+    /// The level to use: `level`, or the format's default. A level out of the format's range, or
+    /// any level for a plain tar (where it would do nothing), is an error.
+    pub fn level(self, level: Option<i32>) -> Result<i32, String> {
+        let (range, default) = match self {
+            Compression::None => {
+                return match level {
+                    None => Ok(0),
+                    Some(_) => Err(
+                        "--level has no effect on a plain tar; choose -c gzip or -c zstd".into(),
+                    ),
+                }
+            }
+            Compression::Gzip => (1..=9, GZIP_LEVEL as i32),
+            Compression::Zstd => (1..=19, ZSTD_LEVEL),
+        };
+        match level {
+            None => Ok(default),
+            Some(l) if range.contains(&l) => Ok(l),
+            Some(l) => Err(format!(
+                "{} level {l} is not in {}..={}",
+                self.name(),
+                range.start(),
+                range.end()
+            )),
         }
     }
 
@@ -127,26 +154,13 @@ impl<W: Write + Send + 'static> Encoder<W> {
     /// usual default; gzip 1-9, zstd 1-19).
     pub fn new(c: Compression, out: W, jobs: usize, level: Option<i32>) -> io::Result<Self> {
         let jobs = jobs.max(1);
+        let l = c
+            .level(level)
+            .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
         Ok(match c {
             Compression::None => Encoder::Plain(out),
-            Compression::Gzip => {
-                let l = level.unwrap_or(GZIP_LEVEL as i32);
-                if !(1..=9).contains(&l) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("gzip level {l} is not in 1..=9"),
-                    ));
-                }
-                Encoder::Gzip(ParGz::new(out, jobs, l as u32))
-            }
+            Compression::Gzip => Encoder::Gzip(ParGz::new(out, jobs, l as u32)),
             Compression::Zstd => {
-                let l = level.unwrap_or(ZSTD_LEVEL);
-                if !(1..=19).contains(&l) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("zstd level {l} is not in 1..=19"),
-                    ));
-                }
                 let mut e = zstd::stream::write::Encoder::new(out, l)?;
                 // Always multithreaded, even with one worker: libzstd's single-threaded mode gives
                 // different bytes, and digests must not depend on --jobs (rust-ecosystem.md).
@@ -490,25 +504,28 @@ mod tests {
 
     #[test]
     fn detection() {
-        assert_eq!(
-            Compression::from_path(Path::new("x.tar.gz")),
-            Compression::Gzip
-        );
-        assert_eq!(
-            Compression::from_path(Path::new("x.tgz")),
-            Compression::Gzip
-        );
-        assert_eq!(
-            Compression::from_path(Path::new("x.tzst")),
-            Compression::Zstd
-        );
-        assert_eq!(
-            Compression::from_path(Path::new("x.tar")),
-            Compression::None
-        );
+        let from = |p: &str| Compression::from_path(Path::new(p));
+        assert_eq!(from("x.tar.gz"), Some(Compression::Gzip));
+        assert_eq!(from("x.tgz"), Some(Compression::Gzip));
+        assert_eq!(from("x.tzst"), Some(Compression::Zstd));
+        assert_eq!(from("x.tar.zst"), Some(Compression::Zstd));
+        assert_eq!(from("x.tar"), Some(Compression::None));
+        assert_eq!(from("/dev/null"), Some(Compression::None));
+        assert_eq!(from("x.tar.xz"), None);
+        assert_eq!(from("x.bz2"), None);
         assert_eq!(
             Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
             Compression::Zstd
         );
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(Compression::Gzip.level(None), Ok(6));
+        assert_eq!(Compression::Zstd.level(Some(19)), Ok(19));
+        assert!(Compression::Zstd.level(Some(20)).is_err());
+        assert!(Compression::Gzip.level(Some(0)).is_err());
+        assert!(Compression::None.level(Some(3)).is_err());
+        assert_eq!(Compression::None.level(None), Ok(0));
     }
 }

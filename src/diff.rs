@@ -70,7 +70,7 @@ pub fn diff<W: Write + Send + 'static>(
             });
             // `move`: a failing tar stage drops the receiver, so the walker stops instead of
             // blocking.
-            let tarred = (move || -> Result<()> {
+            let tarred = (move || -> Result<_> {
                 let mut w = TarWriter::new(chunks, opts.write);
                 for item in item_rx {
                     let Item {
@@ -87,13 +87,16 @@ pub fn diff<W: Write + Send + 'static>(
                     };
                     res.map_err(|e| stop_if_pipe(relabel(e, &display)))?;
                 }
-                w.finish().map_err(|_| Error::Stopped)?;
-                Ok(())
+                Ok(w)
             })();
-            let walked = walker.join().expect("walker panicked");
-            match (walked, tarred) {
-                (Ok(w), Ok(())) => Ok(w),
-                (Err(e), Ok(())) | (Err(e), Err(Error::Stopped)) => Err(e),
+            // The end-of-archive marker only after a complete walk: a failed one must not end in
+            // what reads as a valid (short) layer.
+            match (walker.join().expect("walker panicked"), tarred) {
+                (Ok(warnings), Ok(w)) => {
+                    w.finish().map_err(|_| Error::Stopped)?;
+                    Ok(warnings)
+                }
+                (Err(e), Ok(_)) | (Err(e), Err(Error::Stopped)) => Err(e),
                 (_, Err(e)) => Err(e),
             }
         })

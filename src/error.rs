@@ -39,6 +39,9 @@ pub enum Rule {
     SymlinkLoop,
     /// A tar entry type that has no meaning in a layer (sparse, volume, ...).
     UnsupportedType,
+    /// An xattr no Linux filesystem can hold: empty or over-long name, no namespace, NUL byte,
+    /// value over 64 KiB (xattr(7)).
+    XattrName,
 }
 
 impl std::fmt::Display for Rule {
@@ -65,6 +68,7 @@ impl std::fmt::Display for Rule {
             Rule::NotDir => "a parent path is not a directory in this layer",
             Rule::SymlinkLoop => "too many levels of symlinks in a parent path",
             Rule::UnsupportedType => "unsupported entry type",
+            Rule::XattrName => "invalid xattr",
         })
     }
 }

@@ -206,7 +206,7 @@ fn staged(path: &Path) -> Result<Target> {
         .file_name()
         .ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
     Ok(Target::Staged {
-        dir: Arc::new(sys::open_dir(&dir).map_err(|e| Error::io(&dir, e))?),
+        dir: Arc::new(sys::open_dir(&dir).map_err(|e| Error::io(path, e))?),
         name: name.as_encoded_bytes().to_vec(),
     })
 }

@@ -83,12 +83,32 @@ fn check_stdout(to_stdout: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The blob's compression: `-c`, else from the `-o` name (none on stdout); checked with the level
+/// before any work, so an option is never silently ignored.
+fn compression(
+    flag: Option<Compression>,
+    level: Option<i32>,
+    output: Option<&Path>,
+) -> Result<Compression> {
+    let c = match (flag, output) {
+        (Some(c), _) => c,
+        (None, None) => Compression::None,
+        (None, Some(p)) if p == Path::new("-") => Compression::None,
+        (None, Some(p)) => Compression::from_path(p).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: unknown extension (layerkit writes .tar, .tar.gz/.tgz, .tar.zst/.tzst); \
+                 name the compression with -c none|gzip|zstd",
+                p.display()
+            ))
+        })?,
+    };
+    c.level(level).map_err(Error::Usage)?;
+    Ok(c)
+}
+
 fn run_diff(a: DiffArgs) -> Result<()> {
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
-    let compression = a.compression.unwrap_or(match &a.output {
-        Some(p) if !to_stdout => Compression::from_path(p),
-        _ => Compression::None,
-    });
+    let compression = compression(a.compression, a.level, a.output.as_deref())?;
     check_stdout(to_stdout, a.json)?;
     let opts = DiffOptions {
         walk: WalkOptions {
@@ -142,11 +162,7 @@ fn layer_inputs(layers: &[std::path::PathBuf]) -> Result<Vec<Input>> {
 
 fn run_squash(a: SquashArgs) -> Result<()> {
     let to_stdout = a.output == Path::new("-");
-    let compression = a.compression.unwrap_or(if to_stdout {
-        Compression::None
-    } else {
-        Compression::from_path(&a.output)
-    });
+    let compression = compression(a.compression, a.level, Some(&a.output))?;
     check_stdout(to_stdout, a.json)?;
     let inputs = layer_inputs(&a.layers)?;
     let opts = SquashOptions {

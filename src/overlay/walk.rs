@@ -67,6 +67,19 @@ pub fn walk(
     emit: &mut dyn FnMut(Item) -> Result<()>,
 ) -> Result<Vec<Warning>> {
     let root = sys::open_dir(upper).map_err(|e| Error::io(upper, e))?;
+    // Without the right to read trusted.*, the kernel answers "no such attribute": opaque dirs
+    // would silently lose their marker (and hidden lower files show again). Refuse instead.
+    if opts.ns == Namespace::Trusted && !sys::can_read_trusted_xattrs() {
+        return Err(Error::io(
+            upper,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "cannot read trusted.overlay.* xattrs (opaque dirs, redirects, metacopy) without \
+                 CAP_SYS_ADMIN in the initial user namespace: run as root, or pass --userxattr \
+                 if the mount used userxattr",
+            ),
+        ));
+    }
     for l in &opts.lowers {
         // O_DIRECTORY: a missing lower or one that is not a dir fails here, naming it.
         sys::open_dir(l).map_err(|e| Error::io(l, e))?;

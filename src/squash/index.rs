@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use crate::apply::{Input, Source};
 use crate::compress::{decoder, Compression};
@@ -45,18 +46,38 @@ pub struct LayerIndex {
     pub tar: File,
 }
 
-/// Tees everything read into the spool.
+/// Tees everything read into the spool. A failed spool write (a full `$TMPDIR`) is kept aside, so
+/// that the error blames the spool, not the layer being read.
 struct Spool<R> {
     inner: R,
     out: io::BufWriter<File>,
+    failed: Arc<Mutex<Option<io::Error>>>,
 }
 
 impl<R: Read> Read for Spool<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.out.write_all(&buf[..n])?;
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let kind = e.kind();
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return Err(io::Error::new(kind, "spool write failed"));
+        }
         Ok(n)
     }
+}
+
+/// A spool write that failed, said of the spool's directory with what it is for.
+fn spool_error(tmp: &Path, e: io::Error) -> Error {
+    Error::io(
+        tmp,
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{e} (while spooling a compressed layer uncompressed for squash; \
+                 set TMPDIR to a directory with room)"
+            ),
+        ),
+    )
 }
 
 /// Index `input`; the spool (if needed) goes into `tmp`.
@@ -85,14 +106,22 @@ pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
         let rd = Reader::with_skip(buf, label, |r, n| r.seek_relative(n as i64));
         (read_members(rd, label)?.0, f)
     } else {
-        let spool = sys::tmpfile_in(tmp).map_err(|e| Error::io(tmp, e))?;
-        let out = spool.try_clone().map_err(|e| Error::io(tmp, e))?;
+        let spool = sys::tmpfile_in(tmp).map_err(|e| spool_error(tmp, e))?;
+        let out = spool.try_clone().map_err(|e| spool_error(tmp, e))?;
+        let failed = Arc::new(Mutex::new(None));
         let s = Spool {
             inner: Named { inner: dec, kind },
             out: io::BufWriter::with_capacity(1 << 20, out),
+            failed: failed.clone(),
         };
-        let (members, mut s) = read_members(Reader::new(s, label), label)?;
-        s.out.flush().map_err(|e| Error::io(tmp, e))?;
+        let (members, mut s) = match read_members(Reader::new(s, label), label) {
+            Ok(r) => r,
+            Err(e) => {
+                let spooled = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return Err(spooled.map_or(e, |s| spool_error(tmp, s)));
+            }
+        };
+        s.out.flush().map_err(|e| spool_error(tmp, e))?;
         (members, spool)
     };
     Ok(LayerIndex {

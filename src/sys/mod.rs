@@ -201,3 +201,23 @@ pub fn is_regular(f: &File) -> bool {
 pub fn rmdir(path: &Path) -> io::Result<()> {
     Ok(rfs::unlinkat(rfs::CWD, path, AtFlags::REMOVEDIR)?)
 }
+
+/// Whether `trusted.*` xattrs are visible to this process: the kernel shows them only to holders of
+/// CAP_SYS_ADMIN in the initial user namespace, and to anyone else answers `ENODATA`, as if absent.
+pub fn can_read_trusted_xattrs() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    let Some(cap_eff) = cap_eff else {
+        // No procfs: root is the best guess.
+        return rustix::process::geteuid().is_root();
+    };
+    // The initial user namespace maps every id to itself: "0 0 4294967295".
+    let initial_ns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(true);
+    initial_ns && cap_eff & (1 << CAP_SYS_ADMIN) != 0
+}

@@ -48,6 +48,35 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Whether Linux can hold this xattr (xattr(7): a namespace prefix, a name of at most 255 bytes
+/// without NUL, a value of at most 64 KiB). A layer with one that no kernel accepts means nothing
+/// on any host; refused here, it names the rule instead of the kernel's `ERANGE` or `EOPNOTSUPP`.
+fn xattr_ok(name: &[u8], value: &[u8]) -> std::result::Result<(), String> {
+    const NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
+    let shown = String::from_utf8_lossy(name);
+    if name.is_empty() {
+        return Err("empty xattr name".into());
+    }
+    if name.contains(&0) {
+        return Err(format!("NUL byte in xattr name {shown:?}"));
+    }
+    if !NAMESPACES
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+    {
+        return Err(format!(
+            "xattr {shown:?} is in no namespace Linux has (user., trusted., security., system.)"
+        ));
+    }
+    if name.len() > 255 {
+        return Err(format!("xattr name {shown:?} is longer than 255 bytes"));
+    }
+    if value.len() > 65536 {
+        return Err(format!("xattr {shown:?} has a value longer than 64 KiB"));
+    }
+    Ok(())
+}
+
 /// Convert one tar member into a changeset entry.
 pub fn to_entry(te: &TarEntry) -> Result<Entry> {
     let raw_show = String::from_utf8_lossy(&te.path).into_owned();
@@ -66,6 +95,9 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
             Rule::WhiteoutName,
             ".wh. prefix on a directory component",
         ));
+    }
+    for (name, value) in &te.xattrs {
+        xattr_ok(name, value).map_err(|d| reject(Rule::XattrName, &d))?;
     }
     let meta = Meta {
         mode: te.mode & 0o7777,
