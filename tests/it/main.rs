@@ -17,3 +17,5 @@ mod apply_store;
 mod apply_hostile;
 // layerkit squash against its law (B + squash == B + stack) on apply_flat, the kernel and a model.
 mod squash;
+// Outputs: -o through devices/FIFOs, byte-identical gzip/zstd at any -j, --store refusals, real causes.
+mod outputs;
