@@ -17,5 +17,7 @@ mod apply_store;
 mod apply_hostile;
 // layerkit squash against its law (B + squash == B + stack) on apply_flat, the kernel and a model.
 mod squash;
+// Faults: SIGKILL/SIGINT/SIGTERM mid-run, concurrent stores, ENOSPC, stale temp files of killed writers.
+mod faults;
 // Outputs: -o through devices/FIFOs, byte-identical gzip/zstd at any -j, --store refusals, real causes.
 mod outputs;

@@ -619,8 +619,13 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    succeeded(cmd, child.wait_with_output().unwrap())
+    // Fed from a thread: a command whose output fills the pipe before it has read all of its
+    // input would otherwise wait for us while we wait for it.
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(input).unwrap());
+        succeeded(cmd, child.wait_with_output().unwrap())
+    })
 }
 
 /// The hex sha256 of some bytes, by `sha256sum`.
