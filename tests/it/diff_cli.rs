@@ -107,19 +107,7 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
 /// Incompressible data, so even gzip/zstd output overflows a small disk.
 fn noisy_upper(root: &Path) -> PathBuf {
     let many = root.join("many");
-    std::fs::create_dir(&many).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..40 {
-        let data: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(many.join(format!("f{i}")), data).unwrap();
-    }
+    noise_files(&many, 40, 0x9e37_79b9_7f4a_7c15);
     many
 }
 

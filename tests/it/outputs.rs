@@ -242,19 +242,7 @@ fn o_naming_a_directory_fails_before_any_work() {
 /// A gzip layer of `mib` MiB of incompressible data (so its first 3 MB end mid-stream).
 fn noisy_layer(root: &Path, name: &str, mib: usize) -> PathBuf {
     let src = root.join(format!("{name}-src"));
-    std::fs::create_dir_all(&src).unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ mib as u64;
-    for i in 0..mib {
-        let data: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(src.join(format!("r{i}")), data).unwrap();
-    }
+    noise_files(&src, mib, 0x2545_f491_4f6c_dd1d ^ mib as u64);
     let tar = root.join(format!("{name}.tar"));
     gnu_tar(&src, &tar);
     let gz = root.join(format!("{name}.tar.gz"));

@@ -678,3 +678,21 @@ pub fn kind(bytes: &[u8]) -> &'static str {
         "unknown"
     }
 }
+
+/// `mib` files `r0`, `r1`, ... of 1 MiB of xorshift noise each in `dir` (created): incompressible,
+/// so gzip/zstd output is as large as the data; `seed` picks the bytes.
+pub fn noise_files(dir: &Path, mib: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x = seed | 1;
+    for i in 0..mib {
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join(format!("r{i}")), data).unwrap();
+    }
+}
