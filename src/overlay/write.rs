@@ -183,18 +183,26 @@ impl LayerWriter {
         let mut todo: VecDeque<Vec<u8>> = dir.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut fds: Vec<Arc<OwnedFd>> = vec![self.root.clone()];
+        // Missing dirs to make, made only at the end: below a missing dir nothing exists, so the
+        // rest resolves lexically, and a `..` (from a symlink target like `missing/..`) takes a
+        // component back instead of leaving a dir the tar never named (as squash resolves it).
+        let mut missing: Vec<Vec<u8>> = Vec::new();
         let mut links = 0;
         while let Some(c) = todo.pop_front() {
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
                     // Only symlink targets bring `..`; at the root it stays at the root.
-                    if names.pop().is_some() {
+                    if missing.pop().is_none() && names.pop().is_some() {
                         fds.pop();
                     }
                     continue;
                 }
                 _ => {}
+            }
+            if !missing.is_empty() {
+                missing.push(c);
+                continue;
             }
             let cur = fds.last().expect("root").clone();
             let here = join(&names.join(&b'/'), &c);
@@ -223,8 +231,8 @@ impl LayerWriter {
                     if purpose == Purpose::Lookup {
                         return Ok(None);
                     }
-                    self.make_dir(cur.as_fd(), &c, &here, false)?;
-                    self.implied.insert(here.clone());
+                    missing.push(c);
+                    continue;
                 }
                 Some(st) if sys::file_type(&st) == FileType::Symlink => {
                     links += 1;
@@ -257,6 +265,15 @@ impl LayerWriter {
                     };
                 }
             }
+            let fd = sys::openat_dir(&*cur, &c).map_err(|e| Self::io(&here, e))?;
+            fds.push(Arc::new(fd));
+            names.push(c);
+        }
+        for c in missing {
+            let cur = fds.last().expect("root").clone();
+            let here = join(&names.join(&b'/'), &c);
+            self.make_dir(cur.as_fd(), &c, &here, false)?;
+            self.implied.insert(here.clone());
             let fd = sys::openat_dir(&*cur, &c).map_err(|e| Self::io(&here, e))?;
             fds.push(Arc::new(fd));
             names.push(c);

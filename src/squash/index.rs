@@ -31,8 +31,10 @@ pub struct Member {
     pub end: u64,
     /// Where the data starts (files).
     pub data: u64,
-    /// The bytes can be copied as they are: no PAX global header among them.
+    /// The bytes can be copied as they are (see `TarEntry::canonical`).
     pub copyable: bool,
+    /// It has xattrs; their values are not kept here (see [`xattrs_at`]).
+    pub has_xattrs: bool,
 }
 
 /// A layer's index and the uncompressed tar it points into.
@@ -103,7 +105,9 @@ pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
         let mut buf =
             io::BufReader::with_capacity(1 << 16, f.try_clone().map_err(|e| Error::io(label, e))?);
         buf.rewind().map_err(|e| Error::io(label, e))?;
-        let rd = Reader::with_skip(buf, label, |r, n| r.seek_relative(n as i64));
+        let rd = Reader::with_skip(buf, label, |r, n| {
+            r.seek_relative(i64::try_from(n).map_err(|_| io::ErrorKind::InvalidInput)?)
+        });
         (read_members(rd, label)?.0, f)
     } else {
         let spool = sys::tmpfile_in(tmp).map_err(|e| spool_error(tmp, e))?;
@@ -155,14 +159,19 @@ impl<R: Read> Read for Named<R> {
 fn read_members<R: Read>(mut rd: Reader<R>, label: &str) -> Result<(Vec<Member>, R)> {
     let mut members = Vec::new();
     while let Some(te) = rd.next_entry()? {
-        let entry = to_entry(&te).map_err(|e| e.in_layer(label))?;
+        let mut entry = to_entry(&te).map_err(|e| e.in_layer(label))?;
+        // Memory per member: the path and fixed fields, never xattr values (up to a megabyte).
+        let has_xattrs = !entry.meta.xattrs.is_empty();
+        entry.meta.xattrs = Vec::new();
         let padded = te.size.div_ceil(BLOCK as u64) * BLOCK as u64;
         members.push(Member {
             entry,
             start: te.header_offset,
             end: te.data_offset + padded,
             data: te.data_offset,
-            copyable: !te.global,
+            // Dropped records (a comment, a key given twice) are not copied along: re-encoded.
+            copyable: te.canonical,
+            has_xattrs,
         });
     }
     // Read through the end-of-archive padding: gzip's CRC and zstd's checksum are checked only at
@@ -170,6 +179,24 @@ fn read_members<R: Read>(mut rd: Reader<R>, label: &str) -> Result<(Vec<Member>,
     let mut r = rd.into_inner();
     io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io(label, e))?;
     Ok((members, r))
+}
+
+/// The xattrs of the member whose headers start at `start` in `layer`'s tar, read again (the
+/// index does not hold them).
+pub fn xattrs_at(layer: &LayerIndex, start: u64) -> Result<crate::entry::Xattrs> {
+    let len = layer
+        .tar
+        .metadata()
+        .map_err(|e| Error::io(&layer.label, e))?
+        .len();
+    let mut rd = Reader::new(
+        Range::new(&layer.tar, start, len.saturating_sub(start)),
+        &layer.label,
+    );
+    match rd.next_entry()? {
+        Some(te) => Ok(to_entry(&te)?.meta.xattrs),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// A reader over `len` bytes of `f` from `off`; a short file is an error, not a short copy.

@@ -48,6 +48,9 @@ pub enum Item {
         entry: Entry,
         /// For files: layer index and data offset.
         data: Option<(usize, u64)>,
+        /// The index keeps no xattr values (they may be megabytes a member): `(layer, start)` of
+        /// the member whose headers hold them, read again when the entry is written.
+        xattrs: Option<(usize, u64)>,
     },
 }
 
@@ -212,6 +215,7 @@ impl<'a> Merger<'a> {
                 Kind::Opaque => {}
                 Kind::Dir => {
                     let c = self.resolve(&m.entry.path, r)?;
+                    self.check_parents(&c, r)?;
                     let node = self.make_node(&c, layer);
                     node.state = match node.state {
                         State::Dir {
@@ -286,6 +290,7 @@ impl<'a> Merger<'a> {
                             ))
                         }
                     };
+                    self.check_parents(&c, r)?;
                     let node = self.make_node(&c, layer);
                     node.kids.clear();
                     node.state = State::NonDir { inode, by: r };
@@ -295,6 +300,7 @@ impl<'a> Merger<'a> {
                     if c.is_empty() {
                         return Err(self.reject(r, Rule::RootType, "the root must be a directory"));
                     }
+                    self.check_parents(&c, r)?;
                     self.inodes.push(Inode::Member(r));
                     let inode = self.inodes.len() - 1;
                     let node = self.make_node(&c, layer);
@@ -490,6 +496,32 @@ impl<'a> Merger<'a> {
         };
     }
 
+    /// A member below a non-dir its own layer made (`a`, then `a/x`) is refused, as the layer
+    /// writer and GNU tar refuse it: one rule for squash and apply. (Below a non-dir of an
+    /// earlier layer, the layer replaces it with a dir.)
+    fn check_parents(&self, path: &[Vec<u8>], by: MRef) -> Result<()> {
+        let Some((_, dir)) = path.split_last() else {
+            return Ok(());
+        };
+        let mut node = &self.root;
+        for (i, c) in dir.iter().enumerate() {
+            match node.kids.get(c) {
+                Some(n) => node = n,
+                None => return Ok(()),
+            }
+            if let State::NonDir { by: b, .. } = node.state {
+                if b.layer == by.layer {
+                    return Err(self.reject(
+                        by,
+                        Rule::NotDir,
+                        format!("{} is not a directory", show(&joined(&dir[..=i]))),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The parent dirs of `path`, made dirs where the range had deleted them or put a non-dir
     /// there (such a dir starts empty: fresh).
     fn make_parents(&mut self, path: &[Vec<u8>], layer: usize) -> &mut Node {
@@ -590,6 +622,7 @@ impl<'a> Merger<'a> {
                     meta: mem.entry.meta.clone(),
                 },
                 data: None,
+                xattrs: mem.has_xattrs.then_some((m.layer, mem.start)),
             }
         }
     }
@@ -736,6 +769,7 @@ impl<'a> Merger<'a> {
                 meta: mem.entry.meta.clone(),
             },
             data,
+            xattrs: mem.has_xattrs.then_some((m.layer, mem.start)),
         }
     }
 
@@ -756,6 +790,7 @@ impl<'a> Merger<'a> {
                 meta: mem.entry.meta.clone(),
             },
             data: None,
+            xattrs: mem.has_xattrs.then_some((by.layer, mem.start)),
         }
     }
 }
@@ -786,6 +821,7 @@ fn marker(path: Vec<u8>, kind: Kind) -> Item {
             meta: Meta::default(),
         },
         data: None,
+        xattrs: None,
     }
 }
 
@@ -800,5 +836,6 @@ fn synth_dir(path: Vec<u8>) -> Item {
             },
         },
         data: None,
+        xattrs: None,
     }
 }

@@ -98,13 +98,30 @@ pub fn squash<W: Write + Send>(
                     let mut r = Range::new(&layers[*layer].tar, *start, end - start);
                     (w.put_raw(&mut r, end - start), Some(*layer))
                 }
-                Item::Entry { entry, data } => match (data, &entry.kind) {
-                    (Some((layer, off)), Kind::File { size }) => {
-                        let mut r = Range::new(&layers[*layer].tar, *off, *size);
-                        (w.put(entry, &mut r), Some(*layer))
+                Item::Entry {
+                    entry,
+                    data,
+                    xattrs,
+                } => {
+                    let with;
+                    let entry = match xattrs {
+                        Some((layer, start)) => {
+                            let mut e = entry.clone();
+                            e.meta.xattrs = index::xattrs_at(&layers[*layer], *start)
+                                .map_err(|e| e.in_layer(&layers[*layer].label))?;
+                            with = e;
+                            &with
+                        }
+                        None => entry,
+                    };
+                    match (data, &entry.kind) {
+                        (Some((layer, off)), Kind::File { size }) => {
+                            let mut r = Range::new(&layers[*layer].tar, *off, *size);
+                            (w.put(entry, &mut r), Some(*layer))
+                        }
+                        _ => (w.put(entry, &mut io::empty()), None),
                     }
-                    _ => (w.put(entry, &mut io::empty()), None),
-                },
+                }
             };
             res.map_err(|e| match (stop_if_pipe(e), layer) {
                 (Error::Stopped, _) => Error::Stopped,

@@ -7,7 +7,8 @@
 //! DIR/<id>/lower        "l/SHORT:l/SHORT..." of the layers below, topmost first (not for the bottom)
 //! DIR/<id>/work/        empty, for layers with a parent (a later rw mount's workdir)
 //! DIR/l/SHORT -> ../<id>/diff
-//! DIR/.layerkit/        ours: lock, staging/, blobs/ (blob digest -> diffID, for reuse)
+//! DIR/.layerkit/        ours: lock, namespace (the markers' xattr prefix), staging/, blobs/
+//!                       (blob digest -> diffID, for reuse)
 //! ```
 //! Short names keep `lowerdir=l/A:l/B...` of 128 layers within the one page mount(2) accepts.
 

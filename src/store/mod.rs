@@ -32,6 +32,7 @@ use crate::digest::{self, chain_id};
 use crate::error::{Error, Result};
 use crate::overlay::lower::LowerView;
 use crate::overlay::write::LayerWriter;
+use crate::overlay::Namespace;
 use crate::staging;
 use crate::sys;
 
@@ -138,6 +139,35 @@ impl Store {
         let _ = sys::remove_all_at(self.fd.as_fd(), STATE);
         if found == Found::Nothing {
             let _ = sys::rmdir(&self.path);
+        }
+    }
+
+    /// A store's layers all carry their markers in one namespace, recorded when it is made: a
+    /// `--userxattr` layer under a trusted id would let lower files show through a normal mount.
+    /// Called under the lock.
+    fn check_namespace(&self, ns: Namespace) -> Result<()> {
+        let want = ns.prefix();
+        match sys::read_file_at(&self.state, b"namespace") {
+            Ok(have) if have == want => Ok(()),
+            Ok(have) => Err(Error::io(
+                &self.path,
+                io::Error::other(format!(
+                    "this store's layers carry {}* markers, this run would write {}*: use one \
+                     store per marker namespace ({})",
+                    String::from_utf8_lossy(&have),
+                    String::from_utf8_lossy(want),
+                    if ns == Namespace::User {
+                        "drop --userxattr"
+                    } else {
+                        "add --userxattr"
+                    }
+                )),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                sys::write_file_atomic(self.state.as_fd(), b"namespace", want, 0o644)
+                    .map_err(|e| Error::io(&self.path, e))
+            }
+            Err(e) => Err(Error::io(&self.path, e)),
         }
     }
 
@@ -332,6 +362,7 @@ pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result
             if store.gone() {
                 continue;
             }
+            store.check_namespace(opts.ns)?;
             store.clean_orphans();
             let name = format!(
                 "{}-{}",

@@ -9,7 +9,12 @@
 //! - header-only types (links, devices, dirs, fifos) with a non-zero size, a lone zero block
 //!   mid-stream, a bad checksum, a truncated entry, a missing end-of-archive marker and PAX sparse
 //!   files are errors, not guesses;
-//! - metadata records are capped ([`MAX_META`]) so a header cannot make us allocate gigabytes.
+//! - a PAX global header that sets anything but `comment` is refused (GNU tar and Python apply it to
+//!   the members after it, Go ignores it), and so is a GNU `L`/`K` record whose block holds bytes
+//!   past its declared size (GNU tar and Python read them, Go does not);
+//! - a size above `i64::MAX` is refused (no reader can seek past it), and all offsets are checked;
+//! - the extension records of one member are capped in total ([`MAX_META`]) and only the ones a
+//!   layer needs are kept, so memory per member is bounded whatever the headers.
 
 use crate::entry::Xattrs;
 use std::io::{self, Read};
@@ -17,8 +22,23 @@ use std::io::{self, Read};
 use crate::error::{Error, Result, Rule};
 use crate::tar::{BLOCK, PAX_XATTR_PREFIX};
 
-/// Largest PAX or GNU long-name record accepted (tar-core uses the same 1 MiB default).
+/// Largest total of the extension records (PAX, GNU long names) of one member, and so the most
+/// memory one member's metadata can take (tar-core uses the same 1 MiB default per record).
 pub const MAX_META: u64 = 1 << 20;
+
+/// Bytes of unneeded PAX records a member may carry and still be copied byte for byte by squash;
+/// past this, junk (a megabyte comment) is not passed on.
+pub const MAX_DROPPED_COPY: u64 = 1024;
+
+/// PAX records a layer member can need; everything else (comments, atime, charset, vendor keys) is
+/// read past and dropped.
+fn pax_needed(k: &[u8]) -> bool {
+    matches!(
+        k,
+        b"path" | b"linkpath" | b"size" | b"uid" | b"gid" | b"mtime"
+    ) || k.starts_with(PAX_XATTR_PREFIX)
+        || k.starts_with(b"GNU.sparse.")
+}
 
 /// One archive member as the archive states it: raw path (not cleaned), typeflag, attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +74,10 @@ pub struct TarEntry {
     /// A PAX global header stood among this member's extension headers (copying the member's
     /// bytes elsewhere would carry it to the members after it).
     pub global: bool,
+    /// Its extension headers say nothing beyond what this struct states but a little that no
+    /// reader needs (at most [`MAX_DROPPED_COPY`] bytes, e.g. GNU tar's atime and ctime), no key
+    /// twice, no global header: its raw bytes may be copied as they are.
+    pub canonical: bool,
 }
 
 /// Streaming reader: call [`Reader::next_entry`], read the data with [`Reader::data`] if wanted
@@ -74,11 +98,20 @@ pub struct Reader<R: Read> {
 
 #[derive(Default)]
 struct Pending {
+    /// Needed PAX records, each key once (a later header's value wins, as in Go and Python).
     pax: Xattrs,
     gnu_name: Option<Vec<u8>>,
     gnu_link: Option<Vec<u8>>,
     start: Option<u64>,
     global: bool,
+    /// A PAX header was seen.
+    x_headers: bool,
+    /// A key was given twice in the PAX header (every reader keeps the last; not copied as is).
+    extra: bool,
+    /// Bytes of PAX records dropped as not needed (atime, ctime, comments, vendor keys).
+    dropped: u64,
+    /// Bytes of extension records read for this member so far.
+    meta: u64,
 }
 
 fn bad(label: &str, at: u64, what: impl Into<String>) -> Error {
@@ -149,8 +182,12 @@ impl<R: Read> Reader<R> {
 
     fn skip_bytes(&mut self, mut n: u64) -> Result<()> {
         if let (Some(f), true) = (self.seek, n > 0) {
+            self.pos = self
+                .pos
+                .checked_add(n)
+                .filter(|&p| p <= i64::MAX as u64)
+                .ok_or_else(|| bad(&self.label, self.pos, "offset beyond any file"))?;
             f(&mut self.r, n).map_err(|e| Error::io(&self.label, e))?;
-            self.pos += n;
             return Ok(());
         }
         let mut buf = [0u8; 8192];
@@ -162,18 +199,42 @@ impl<R: Read> Reader<R> {
         Ok(())
     }
 
-    fn read_meta(&mut self, size: u64, what: &str) -> Result<Vec<u8>> {
-        if size > MAX_META {
+    /// One extension record's data. `used` is what this member's records took so far: the total
+    /// is capped. With `exact`, the block padding after the data must be zero: GNU tar and Python
+    /// read a GNU long name to the first NUL of the whole block, Go to the declared size.
+    fn read_meta(&mut self, size: u64, used: &mut u64, what: &str, exact: bool) -> Result<Vec<u8>> {
+        let total = used.saturating_add(size);
+        if total > MAX_META {
             return Err(bad(
                 &self.label,
                 self.pos,
-                format!("{what} of {size} bytes exceeds the {MAX_META}-byte limit"),
+                format!(
+                    "{what}: extension records of {total} bytes for one member exceed the \
+                     {MAX_META}-byte limit"
+                ),
             ));
         }
+        *used = total;
         let mut v = vec![0u8; size as usize];
         self.read_exact_or(&mut v, what)?;
         let pad = padding(size);
-        self.skip_bytes(pad)?;
+        if exact {
+            let at = self.pos;
+            let mut p = [0u8; BLOCK];
+            self.read_exact_or(&mut p[..pad as usize], what)?;
+            if p.iter().any(|&b| b != 0) {
+                return Err(bad(
+                    &self.label,
+                    at,
+                    format!(
+                        "{what} has bytes past its declared size of {size} (GNU tar and Python \
+                         would read a longer name than Go)"
+                    ),
+                ));
+            }
+        } else {
+            self.skip_bytes(pad)?;
+        }
         Ok(v)
     }
 
@@ -239,21 +300,64 @@ impl<R: Read> Reader<R> {
             let typeflag = block[156];
             match typeflag {
                 b'x' => {
-                    let data = self.read_meta(size, "PAX header")?;
+                    // Go keeps only the last PAX header of a member, Python merges them with the
+                    // first one winning: with two, they read different members.
+                    if p.x_headers {
+                        return Err(bad(&self.label, at, "a second PAX header for one member"));
+                    }
+                    p.x_headers = true;
+                    let data = self.read_meta(size, &mut p.meta, "PAX header", false)?;
                     let recs = parse_pax(&data).map_err(|m| bad(&self.label, at, m))?;
-                    p.pax.extend(recs);
+                    drop(data);
+                    for (k, v) in recs {
+                        if !pax_needed(&k) {
+                            p.dropped += (k.len() + v.len()) as u64;
+                        } else if let Some(old) = p.pax.iter_mut().find(|(o, _)| *o == k) {
+                            old.1 = v;
+                            p.extra = true;
+                        } else {
+                            p.pax.push((k, v));
+                        }
+                    }
                     continue;
                 }
                 b'g' => {
-                    // Global records are validated, then ignored: Go hands them to the caller, Python
-                    // applies them; no layer writer we know emits them, so neither reading wins.
-                    let data = self.read_meta(size, "PAX global header")?;
-                    parse_pax(&data).map_err(|m| bad(&self.label, at, m))?;
+                    // GNU tar and Python apply global records to every later member, Go ignores
+                    // them: any record that would change a member is a disagreement. A comment
+                    // (git archive writes its commit id there) changes nothing.
+                    let data = self.read_meta(size, &mut p.meta, "PAX global header", false)?;
+                    let recs = parse_pax(&data).map_err(|m| bad(&self.label, at, m))?;
+                    if let Some((k, _)) = recs.iter().find(|(k, _)| k != b"comment") {
+                        return Err(bad(
+                            &self.label,
+                            at,
+                            format!(
+                                "PAX global header sets {:?}: GNU tar and Python apply it to the \
+                                 members after it, Go ignores it",
+                                String::from_utf8_lossy(k)
+                            ),
+                        ));
+                    }
                     p.global = true;
                     continue;
                 }
                 b'L' | b'K' => {
-                    let mut data = self.read_meta(size, "GNU long name")?;
+                    let what = if typeflag == b'L' {
+                        "GNU long name"
+                    } else {
+                        "GNU long link name"
+                    };
+                    // Go keeps the last, Python the first of two.
+                    if p.gnu_name.is_some() && typeflag == b'L'
+                        || p.gnu_link.is_some() && typeflag == b'K'
+                    {
+                        return Err(bad(
+                            &self.label,
+                            at,
+                            format!("a second {what} for one member"),
+                        ));
+                    }
+                    let mut data = self.read_meta(size, &mut p.meta, what, true)?;
                     if let Some(i) = data.iter().position(|&b| b == 0) {
                         data.truncate(i);
                     }
@@ -275,6 +379,7 @@ impl<R: Read> Reader<R> {
                 size,
                 header_offset: p.start.unwrap_or(at),
                 global: p.global,
+                canonical: !p.extra && !p.global && p.dropped <= MAX_DROPPED_COPY,
                 ..Default::default()
             };
             let num = |f: &[u8], what: &str| {
@@ -381,12 +486,21 @@ impl<R: Read> Reader<R> {
                     "GNU sparse files are not supported (layer.md: SHOULD NOT be used)",
                 ));
             }
+            // No reader can seek past this (Go's archive/tar refuses it, lseek takes an i64).
+            if e.size > i64::MAX as u64 {
+                return Err(bad(
+                    &self.label,
+                    at,
+                    format!(
+                        "{}: size {} is above the largest a file can have",
+                        String::from_utf8_lossy(&e.path),
+                        e.size
+                    ),
+                ));
+            }
             e.data_offset = self.pos;
             self.left = e.size;
-            self.skip = e
-                .size
-                .checked_add(padding(e.size))
-                .ok_or_else(|| bad(&self.label, at, "size overflows"))?;
+            self.skip = e.size + padding(e.size);
             return Ok(Some(e));
         }
     }

@@ -246,6 +246,48 @@ const REGRESSIONS: &[Case] = &[
     same("dev_base256_alias00", Reject(&["dev/alias"])),
 ];
 
+/// Archives GNU tar, Go and Python read differently (issue 11), and archives past the bounds
+/// every member is held to: refused whole, whatever the position of the offending header.
+const READERS: &[Case] = &[
+    same(
+        "pax_global_path",
+        Reject(&["PAX global header sets \"path\""]),
+    ),
+    same(
+        "pax_global_comment",
+        Confine(&[File("commented.txt", PW), Absent("evil.txt")]),
+    ),
+    same(
+        "gnu_longname_past_size",
+        Reject(&["past its declared size"]),
+    ),
+    same(
+        "gnu_longlink_past_size",
+        Reject(&["past its declared size"]),
+    ),
+    same("pax_two_headers", Reject(&["a second PAX header"])),
+    same("gnu_two_longnames", Reject(&["a second GNU long name"])),
+    same(
+        "pax_size_above_i64",
+        Reject(&["huge_size", "largest a file can have"]),
+    ),
+    same("pax_size_i64_max_plus_one", Reject(&["i64_size"])),
+    same("pax_junk_over_limit", Reject(&["limit"])),
+    // Resolved as squash resolves it: `missing/..` is the root, and no `missing/` is left behind.
+    same(
+        "sym_through_missing_dotdot",
+        Confine(&[Sym("s", "missing/.."), File("f", PW), Absent("missing")]),
+    ),
+    same(
+        "xattr_empty_name",
+        Reject(&["xattr_empty", "empty xattr name"]),
+    ),
+    same(
+        "xattr_no_namespace",
+        Reject(&["xattr_nons", "no namespace"]),
+    ),
+];
+
 /// Names a breakout would create; none may appear in any ancestor of a case dir.
 const ESCAPE_NAMES: &[&str] = &[
     "dotdot_plain_evil",
@@ -770,6 +812,11 @@ fn regressions_name_the_entry_and_follow_symlinks_in_root() {
 }
 
 #[test]
+fn archives_readers_disagree_on_are_refused() {
+    run_table("reader differentials", READERS);
+}
+
+#[test]
 fn every_generated_layer_is_in_a_table() {
     let t = scratch();
     let layers = t.path().join("layers");
@@ -789,6 +836,7 @@ fn every_generated_layer_is_in_a_table() {
         DEVICES,
         STREAMS,
         REGRESSIONS,
+        READERS,
     ]
     .iter()
     .flat_map(|t| t.iter().map(|c| c.name.to_string()))
@@ -797,4 +845,65 @@ fn every_generated_layer_is_in_a_table() {
     table.sort();
     assert_eq!(generated, table);
     assert!(table.len() >= 35);
+}
+
+/// One rulebook: over the empty base, `layerkit squash --flatten base X` accepts exactly the stacks
+/// `layerapply --store` accepts, for every hostile and corrupt layer (a squash that takes what the
+/// applier refuses would hand the ambiguity on; one that hangs or grows without bound on a size it
+/// cannot seek fails by `timeout`).
+#[test]
+fn squash_accepts_and_refuses_what_the_store_does() {
+    if !need_root("layerapply --store on hostile layers") {
+        return;
+    }
+    let t = scratch();
+    let layers = t.path().join("layers");
+    run(Command::new("python3")
+        .arg(support("hostile_tars.py"))
+        .arg(&layers)
+        .arg(t.path().join("canary")));
+    let base = layers.join("base.tar");
+    let mut differ = Vec::new();
+    for name in listing(&layers) {
+        let Some(case) = name.strip_suffix(".layer") else {
+            continue;
+        };
+        let layer = layers.join(&name);
+        let store = t.path().join(format!("store-{case}"));
+        let applied = Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_layerapply"))
+            .arg("--store")
+            .arg(&store)
+            .arg(&base)
+            .arg(&layer)
+            .output()
+            .unwrap();
+        let out = t.path().join(format!("{case}.tar"));
+        let squashed = Command::new("timeout")
+            .args(["-s", "KILL", "60"])
+            .arg(env!("CARGO_BIN_EXE_layerkit"))
+            .args(["squash", "--flatten", "-o"])
+            .arg(&out)
+            .arg(&base)
+            .arg(&layer)
+            .output()
+            .unwrap();
+        assert!(
+            matches!(squashed.status.code(), Some(0 | 1)),
+            "{case}: squash ended by {:?}: {}",
+            squashed.status,
+            String::from_utf8_lossy(&squashed.stderr)
+        );
+        if applied.status.success() != squashed.status.success() {
+            differ.push(format!(
+                "{case}: store {}, squash {} ({})",
+                applied.status,
+                squashed.status,
+                String::from_utf8_lossy(&squashed.stderr).trim()
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&store);
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
 }

@@ -269,6 +269,39 @@ case("zstd_truncated", zstd(GOOD)[:-100])
 case("gzip_dotdot", gzip.compress(cases["dotdot_plain"], mtime=0))
 case("zstd_sym_canary", zstd(cases["sym_canary_abs_write"]))
 
+# readers that disagree (issue 11): GNU tar and Python apply a PAX global header, Go ignores it;
+# GNU tar and Python read a GNU long name to the block's first NUL, Go to the declared size; Go keeps
+# the last of two PAX headers (or long names), Python the first
+def raw_pax(records, typ=b"x"):
+    return raw_header("PaxHeaders.0/g", len(records), typ) + pad(records)
+
+
+def gnu_long(typ, declared, block):
+    return raw_header("././@LongLink", declared, typ) + pad(block)
+
+
+case("pax_global_path", raw_pax(rec(b"path", b"evil.txt") + rec(b"size", b"2"), b"g")
+     + raw_file("benign.txt", b"benign text\n") + END)
+case("pax_global_comment", raw_pax(rec(b"comment", b"git commit id"), b"g")
+     + raw_file("commented.txt", PWNED) + END)
+case("gnu_longname_past_size", gnu_long(b"L", 5, b"short_evil\0") + raw_file("x", PWNED) + END)
+case("gnu_longlink_past_size", gnu_long(b"K", 5, b"targe_evil\0")
+     + raw_file("t", PWNED) + raw_header("lnk", 0, b"2", linkname=b"targe") + END)
+case("pax_two_headers", raw_pax(rec(b"path", b"first_evil")) + raw_pax(rec(b"path", b"second_evil"))
+     + raw_file("two_pax", PWNED) + END)
+case("gnu_two_longnames", gnu_long(b"L", 10, b"first_evil") + gnu_long(b"L", 11, b"second_evil")
+     + raw_file("two_long", PWNED) + END)
+case("pax_size_above_i64", raw_pax(rec(b"size", b"18446744073709550080"))
+     + raw_file("huge_size", PWNED) + END)
+case("pax_size_i64_max_plus_one", raw_pax(rec(b"size", b"9223372036854775808"))
+     + raw_file("i64_size", PWNED) + END)
+case("pax_junk_over_limit", raw_pax(rec(b"comment", b"j" * 700000) + rec(b"SCHILY.xattr.user.a",
+                                                                        b"v" * 400000))
+     + raw_file("junk_member", PWNED) + END)
+case("sym_through_missing_dotdot", tar(L("s", "missing/.."), F("s/f")))
+case("xattr_empty_name", tar(F("xattr_empty", pax={"SCHILY.xattr.": "v"})))
+case("xattr_no_namespace", tar(F("xattr_nons", pax={"SCHILY.xattr.foo": "v"})))
+
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(out, "base.tar"), "wb") as f:
     f.write(BASE)
