@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result, Rule};
 use crate::overlay::lower::{last, Found, LowerView};
-use crate::overlay::write::{is_whiteout, is_within, join, LayerWriter, Purpose};
+use crate::overlay::write::{is_whiteout, is_within, join, split, LayerWriter, Purpose};
 use crate::sys::{self, FileType, Node, Stat};
 use crate::tar::entry::show;
 
@@ -143,12 +143,14 @@ impl LayerWriter {
                     break;
                 }
             }
-            let Some(p) = self.parent(&w, Purpose::Lookup)? else {
+            // `w` is where the whiteout was made; if a later entry of the layer replaced a dir
+            // on the way (by a symlink, say), it went with that dir: never follow a link here.
+            let Some(dir) = self.real_dir(split(&w).0)? else {
                 continue;
             };
-            match sys::lstatat(&*p.fd, last(&w)) {
+            match sys::lstatat(&dir, last(&w)) {
                 Ok(st) if is_whiteout(&st) => {
-                    sys::unlinkat(&*p.fd, last(&w), false).map_err(|e| Self::io(&w, e))?;
+                    sys::unlinkat(&dir, last(&w), false).map_err(|e| Self::io(&w, e))?;
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -185,6 +187,29 @@ impl LayerWriter {
             self.forget_cache();
         }
         Ok(())
+    }
+
+    /// The layer's dir at exactly `p`, following no symlink; `None` if it is not there (missing,
+    /// or a non-dir or symlink on the way).
+    fn real_dir(&self, p: &[u8]) -> Result<Option<OwnedFd>> {
+        let mut cur = self
+            .root
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Self::io(p, e))?;
+        for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            cur = match sys::openat_dir(&cur, c) {
+                Ok(fd) => fd,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || matches!(e.raw_os_error(), Some(20) | Some(40)) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(Self::io(p, e)),
+            };
+        }
+        Ok(Some(cur))
     }
 
     fn open_own_dir(&mut self, p: &[u8]) -> Result<Option<OwnedFd>> {

@@ -78,7 +78,7 @@ pub struct LayerWriter {
     pool: FilePool,
 }
 
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&path[..0], path),
@@ -411,6 +411,11 @@ impl LayerWriter {
         path: &[u8],
         mut make: impl FnMut() -> io::Result<T>,
     ) -> Result<T> {
+        // A hardlink to a lower file waits for the lowers with no node of its own: a later entry
+        // at its path (or above it) replaces it, as in a flat extraction (last one wins).
+        if !self.links.is_empty() {
+            self.links.retain(|(l, _)| !is_within(l, path));
+        }
         match make() {
             Ok(t) => Ok(t),
             Err(e) if exists(&e) => {
@@ -563,8 +568,21 @@ impl LayerWriter {
             Ok(st) if sys::file_type(&st) == FileType::Directory => {
                 // A dir of this layer survives its own whiteout, replacing the lower one.
                 let fd = sys::openat_dir(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
-                self.set_opaque(fd.as_fd(), &rpath)?;
-                self.remove_whiteouts_below(fd.as_fd(), &rpath)
+                self.remove_whiteouts_below(fd.as_fd(), &rpath)?;
+                // An implied dir that only held whiteouts (`a/.wh.x`, then `.wh.a`) is no dir
+                // of this layer: the whiteout takes its place.
+                if self.implied.contains(&rpath)
+                    && sys::read_dir_names(&fd)
+                        .map_err(|e| Self::io(&rpath, e))?
+                        .is_empty()
+                {
+                    drop(fd);
+                    sys::unlinkat(&*p.fd, name, true).map_err(|e| Self::io(&rpath, e))?;
+                    self.forget(&rpath);
+                    self.forget_cache();
+                    return self.whiteout(path, meta);
+                }
+                self.set_opaque(fd.as_fd(), &rpath)
             }
             // Already a whiteout, or a non-dir of this layer, which hides the lower path anyway.
             Ok(_) => Ok(()),
@@ -602,8 +620,12 @@ impl LayerWriter {
         let p = self.parent(path, Purpose::Create)?.expect("created");
         let (_, name) = split(path);
         let rpath = join(&p.path, name);
+        // A waiting hardlink at this path (see `create`) is replaced by the dir; the link had
+        // replaced whatever the lowers have here, so the dir hides them (as below).
+        let waiting = self.links.len();
+        self.links.retain(|(l, _)| *l != rpath);
         let mut existed = false;
-        let mut opaque = false;
+        let mut opaque = self.links.len() != waiting;
         if let Err(e) = sys::mkdirat(&*p.fd, name, 0o700) {
             if !exists(&e) {
                 return Err(Self::io(&rpath, e));
@@ -618,7 +640,11 @@ impl LayerWriter {
                     ));
                 }
             } else {
-                opaque = is_whiteout(&st);
+                // A non-dir of this layer stands here (a whiteout, or a file that replaced the
+                // lower dir): whatever the lowers have at the path is gone, so the dir that now
+                // replaces it must hide them too (base `ff/old`, layer `ff`, `ff/`, `ff/k`: the
+                // merged view is `ff/k`, as a flat extraction and squash give).
+                opaque = true;
                 self.clear(p.fd.as_fd(), name, &rpath)?;
                 sys::mkdirat(&*p.fd, name, 0o700).map_err(|e| Self::io(&rpath, e))?;
             }
