@@ -907,3 +907,82 @@ fn squash_accepts_and_refuses_what_the_store_does() {
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// Peak RSS in KiB of `cmd`, by Python's `getrusage` (the command must succeed).
+fn peak_rss_kib(cmd: &Command) -> u64 {
+    let script = "import resource, subprocess, sys\n\
+                  r = subprocess.run(sys.argv[1:], capture_output=True)\n\
+                  sys.stderr.write(r.stderr.decode(errors='replace'))\n\
+                  assert r.returncode == 0, r.returncode\n\
+                  print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = run(Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(cmd.get_program())
+        .args(cmd.get_args()));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Small inputs that once made squash hold or copy hundreds of megabytes (issue 11): memory per
+/// member is bounded (the index keeps no xattr values), and records no reader needs are not
+/// passed on.
+#[test]
+fn small_bombs_stay_small() {
+    let t = scratch();
+    // 100 members with 15 xattrs of 60 KB each: 90 MB of values in a ~100 KB zstd layer.
+    let script = r#"
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as tf:
+    for i in range(100):
+        ti = tarfile.TarInfo("x%03d" % i)
+        ti.size = 1
+        ti.pax_headers = {"SCHILY.xattr.user.a%02d" % k: chr(65 + k) * 60000 for k in range(15)}
+        tf.addfile(ti, io.BytesIO(b"x"))
+with tarfile.open(sys.argv[2], "w", format=tarfile.PAX_FORMAT) as tf:
+    ti = tarfile.TarInfo("junk")
+    ti.size = 5
+    ti.pax_headers = {"comment": "j" * 600000}
+    tf.addfile(ti, io.BytesIO(b"junk\n"))
+"#;
+    let (xa, junk) = (t.path().join("xattrs.tar"), t.path().join("junk.tar"));
+    run(Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&xa)
+        .arg(&junk));
+    run(Command::new("zstd").args(["-q", "--rm"]).arg(&xa));
+    let xz = t.path().join("xattrs.tar.zst");
+    let out = t.path().join("o.tar");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerkit"));
+    cmd.args(["squash", "-j", "1", "-o"]).arg(&out).arg(&xz);
+    let rss = peak_rss_kib(&cmd);
+    assert!(
+        rss < 64 * 1024,
+        "squash of 90 MB of xattr values: peak RSS {rss} KiB"
+    );
+    let members = tar_members(&out);
+    assert_eq!(members.len(), 100);
+    assert_eq!(
+        members[99].xattr("user.a14").map(str::len),
+        Some(120000),
+        "values kept"
+    );
+
+    // A 600 KB comment: read past, not copied into the squashed layer.
+    let out = t.path().join("j.tar");
+    run(Command::new(env!("CARGO_BIN_EXE_layerkit"))
+        .args(["squash", "-o"])
+        .arg(&out)
+        .arg(&junk));
+    let len = std::fs::metadata(&out).unwrap().len();
+    assert!(len < 64 * 1024, "junk copied along: {len} bytes");
+    let m = tar_members(&out);
+    assert!(
+        m.len() == 1 && m[0].name == "junk" && m[0].size == 5,
+        "{m:?}"
+    );
+}

@@ -1460,3 +1460,57 @@ fn leftover_staging_from_a_crash_is_cleaned_up() {
     assert_staging_empty(&store);
     c.check_merged_prefixes(&lowerdir, "", &c.tars, "staging");
 }
+
+#[test]
+fn a_store_keeps_one_marker_namespace() {
+    if !need_root("layerapply --store") {
+        return;
+    }
+    // Regression (issue 11): ids ignored the namespace, so a --userxattr layer was reused by a
+    // normal run and its user.overlay.opaque did not hide the lower `d/old` in a normal mount.
+    let c = Case::new(
+        r#"
+=== L0
+d d
+f d/old data=old
+=== L1
+d d
+w d/.wh..wh..opq
+f d/new data=new
+"#,
+    );
+    for (first, second) in [
+        (&["--userxattr"][..], &[][..]),
+        (&[][..], &["--userxattr"][..]),
+    ] {
+        let store = c.p(&format!("store{}", first.len()));
+        run(layerapply()
+            .arg("--store")
+            .arg(&store)
+            .args(first)
+            .args(&c.tars));
+        let before = dump_tree(&store);
+        let out = layerapply()
+            .arg("--store")
+            .arg(&store)
+            .args(second)
+            .args(&c.tars)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{first:?} then {second:?}: {err}"
+        );
+        assert!(
+            err.lines().count() == 1 && err.contains("overlay.*") && err.contains("--userxattr"),
+            "{err}"
+        );
+        assert_same(
+            &before,
+            &dump_tree(&store),
+            "the store after the refused run",
+        );
+    }
+}
