@@ -294,6 +294,29 @@ impl<R: Read> Reader<R> {
                 return Ok(None);
             }
             verify_checksum(&block).map_err(|m| bad(&self.label, at, m))?;
+            // Every numeric field of every header must parse, read or not: Python refuses the
+            // header (and ends the archive there) where GNU tar and Go read on.
+            for (r, what) in [
+                (100..108, "mode"),
+                (108..116, "uid"),
+                (116..124, "gid"),
+                (329..337, "devmajor"),
+                (337..345, "devminor"),
+            ] {
+                parse_num(&block[r]).map_err(|m| bad(&self.label, at, format!("{what}: {m}")))?;
+            }
+            parse_signed(&block[136..148])
+                .map_err(|m| bad(&self.label, at, format!("mtime: {m}")))?;
+            // Python prepends the prefix field of any header to the name, GNU tar and Go only
+            // that of a POSIX ustar one.
+            if &block[257..263] != b"ustar\0" && block[345] != 0 {
+                return Err(bad(
+                    &self.label,
+                    at,
+                    "bytes in the prefix field of a header that is not POSIX ustar (Python reads \
+                     them as a path prefix, GNU tar and Go do not)",
+                ));
+            }
             p.start.get_or_insert(at);
             let size = parse_num(&block[124..136])
                 .map_err(|m| bad(&self.label, at, format!("size: {m}")))?;
@@ -438,6 +461,14 @@ impl<R: Read> Reader<R> {
                     b"mtime" => {
                         let (s, ns) = parse_pax_time(&v)
                             .ok_or_else(|| bad(&self.label, at, "PAX mtime is malformed"))?;
+                        if s < 0 && ns > 0 {
+                            return Err(bad(
+                                &self.label,
+                                at,
+                                "PAX mtime before 1970 with a fraction (GNU tar reads its \
+                                 fraction the other way than Go and Python)",
+                            ));
+                        }
                         e.mtime = s;
                         e.mtime_nsec = ns;
                     }
@@ -453,6 +484,16 @@ impl<R: Read> Reader<R> {
                     }
                     _ => {}
                 }
+            }
+            if e.typeflag == b'0' && e.path.ends_with(b"/") {
+                // Old tars mark a dir so: Go and Python do for typeflag NUL only, GNU tar for `0`
+                // too, and Python looks at the ustar name only.
+                return Err(self.bad_entry(
+                    &e.path,
+                    Rule::MalformedTar,
+                    "a regular file named with a trailing slash (readers disagree on whether it \
+                     is a directory)",
+                ));
             }
             if let Some((major, minor)) = dev {
                 let fit = |v: u64| u32::try_from(v).ok();
@@ -591,6 +632,11 @@ fn verify_checksum(block: &[u8; BLOCK]) -> std::result::Result<(), String> {
 }
 
 fn parse_octal(f: &[u8]) -> std::result::Result<u64, String> {
+    // Python stops at a leading NUL (0), GNU tar skips one: digits after a leading NUL are read
+    // differently by each (a size read so smuggles members), so only an all-NUL field may start so.
+    if f.first() == Some(&0) && f.iter().any(|&b| b != 0) {
+        return Err("NUL before the digits of a number".into());
+    }
     let t: &[u8] = {
         let start = f
             .iter()
@@ -621,6 +667,11 @@ fn parse_octal(f: &[u8]) -> std::result::Result<u64, String> {
 
 /// Octal or GNU base-256 (high bit of the first byte set), non-negative.
 fn parse_num(f: &[u8]) -> std::result::Result<u64, String> {
+    if f[0] & 0x80 != 0 && f[0] != 0x80 && f[0] != 0xff {
+        // GNU tar and Python refuse other lead bytes; masking the top bit would read a number
+        // nobody else sees.
+        return Err(format!("base-256 number with lead byte {:#04x}", f[0]));
+    }
     if f[0] & 0x80 != 0 {
         let v = parse_signed(f)?;
         return u64::try_from(v).map_err(|_| "negative number".to_string());
@@ -629,6 +680,9 @@ fn parse_num(f: &[u8]) -> std::result::Result<u64, String> {
 }
 
 fn parse_signed(f: &[u8]) -> std::result::Result<i64, String> {
+    if f[0] & 0x80 != 0 && f[0] != 0x80 && f[0] != 0xff {
+        return Err(format!("base-256 number with lead byte {:#04x}", f[0]));
+    }
     if f[0] & 0x80 == 0 {
         return i64::try_from(parse_octal(f)?).map_err(|_| "number too large".to_string());
     }
@@ -667,7 +721,8 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
         ns += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
     }
     if neg {
-        // -1.5 is 1.5 seconds before the epoch: seconds -2, nanoseconds 500000000.
+        // -1.5 is 1.5 seconds before the epoch: seconds -2, nanoseconds 500000000. GNU tar reads
+        // the fraction the other way (-0.5): the readers disagree, so the caller refuses.
         if ns > 0 {
             Some((-secs - 1, 1_000_000_000 - ns))
         } else {
@@ -706,6 +761,10 @@ fn parse_pax(mut data: &[u8]) -> std::result::Result<Xattrs, String> {
             .ok_or("PAX record without '='")?;
         if eq == 0 {
             return Err("PAX record with an empty key".into());
+        }
+        if body[..eq].contains(&0) {
+            // GNU tar drops the whole header, Python and Go read on.
+            return Err("PAX record key with a NUL byte".into());
         }
         out.push((body[..eq].to_vec(), body[eq + 1..].to_vec()));
         data = &data[len..];

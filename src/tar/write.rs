@@ -125,8 +125,15 @@ impl<W: Write> TarWriter<W> {
         }
         let fits = octal_fits(&mut block[136..148], h.mtime.max(0) as u64);
         if h.mtime_nsec != 0 {
-            let frac = format!("{:09}", h.mtime_nsec);
-            let v = format!("{}.{}", h.mtime, frac.trim_end_matches('0'));
+            // `mtime` is floored (-1.25 s is seconds -2 plus 0.75 s): a negative time is written
+            // as the sign, then the magnitude (-1.25), never as "-2.75".
+            let (sign, whole, ns) = if h.mtime < 0 {
+                ("-", -(h.mtime + 1), 1_000_000_000 - h.mtime_nsec)
+            } else {
+                ("", h.mtime, h.mtime_nsec)
+            };
+            let frac = format!("{ns:09}");
+            let v = format!("{sign}{whole}.{}", frac.trim_end_matches('0'));
             pax_record(&mut pax, b"mtime", v.as_bytes());
         } else if h.mtime < 0 || !fits {
             pax_record(&mut pax, b"mtime", h.mtime.to_string().as_bytes());
@@ -469,6 +476,31 @@ mod tests {
         w.put(&file(3), &mut &b"abc"[..]).unwrap();
         let out = w.finish().unwrap();
         assert_eq!(out.len(), 512 * 4, "header, one data block, two end blocks");
+    }
+
+    #[test]
+    fn negative_subsecond_mtimes_keep_their_value() {
+        // -1.25 s is stored as seconds -2 plus 0.75 s; it was once written as "-2.75".
+        for (s, ns, want) in [
+            (-2, 750_000_000, "mtime=-1.25\n"),
+            (-1, 500_000_000, "mtime=-0.5\n"),
+            (1, 250_000_000, "mtime=1.25\n"),
+        ] {
+            let mut w = TarWriter::new(
+                Vec::new(),
+                WriteOptions {
+                    clamp_mtime: None,
+                    subsecond: true,
+                },
+            );
+            let mut e = file(0);
+            e.meta.mtime = s;
+            e.meta.mtime_nsec = ns;
+            w.put(&e, &mut &b""[..]).unwrap();
+            let out = w.finish().unwrap();
+            let pax = String::from_utf8_lossy(&out[512..1024]);
+            assert!(pax.contains(want), "{s} s {ns} ns: {pax:?}");
+        }
     }
 
     #[test]

@@ -986,3 +986,53 @@ with tarfile.open(sys.argv[2], "w", format=tarfile.PAX_FORMAT) as tf:
         "{m:?}"
     );
 }
+
+/// The archives the fuzz targets found that the readers disagree on (`testdata/fuzz-regressions`,
+/// see its README): each is refused, with one line, by `layerapply` and by `layerkit squash`
+/// alike, unless its id is still listed in `KNOWN` (reported, not fixed).
+#[test]
+fn fuzz_found_reader_differentials_are_refused() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fuzz-regressions");
+    let known: Vec<String> = std::fs::read_to_string(dir.join("KNOWN"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim().to_string())
+        .collect();
+    let t = scratch();
+    let mut checked = 0;
+    for sub in ["differential", "tar_reader", "squash_index"] {
+        for name in listing(&dir.join(sub)) {
+            if known.iter().any(|k| name.starts_with(&format!("{k}."))) {
+                continue;
+            }
+            let layer = dir.join(sub).join(&name);
+            let into = t.path().join(format!("into-{name}"));
+            let out = t.path().join(format!("out-{name}"));
+            for mut cmd in [
+                {
+                    let mut c = layerapply();
+                    c.arg("--into").arg(&into).arg(&layer);
+                    c
+                },
+                {
+                    let mut c = Command::new("timeout");
+                    c.args(["-s", "KILL", "60"])
+                        .arg(env!("CARGO_BIN_EXE_layerkit"))
+                        .args(["squash", "-o"])
+                        .arg(&out)
+                        .arg(&layer);
+                    c
+                },
+            ] {
+                let r = cmd.output().unwrap();
+                let err = String::from_utf8_lossy(&r.stderr);
+                assert_eq!(r.status.code(), Some(1), "{sub}/{name}: {cmd:?}: {err}");
+                assert_eq!(err.lines().count(), 1, "{sub}/{name}: {err}");
+                assert!(err.contains(&name), "{sub}/{name}: names the layer: {err}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} regression files checked");
+}
