@@ -43,7 +43,8 @@ for t in "${TARGETS[@]}"; do
   # 2. A short bounded run from the seeds, into a fresh corpus dir.
   corpus=$(mktemp -d)
   if ! CORPUS=$corpus nice -n 10 ./fuzz.sh "$t" "$SECS" > "target/fuzz-$t.log" 2>&1; then
-    echo "fuzz: $t: CRASH/HANG/OOM:"; grep -E "panicked|ERROR|SUMMARY|Test unit written" -A3 "target/fuzz-$t.log" | head -30
+    echo "fuzz: $t: CRASH/HANG/OOM (or interrupted):"
+    { grep -E "panicked|ERROR|SUMMARY|Test unit written|interrupted" -A3 "target/fuzz-$t.log" || true; } | head -30
     if [ "${FUZZ_RANDOM_FATAL:-1}" = 1 ]; then fail=1; else echo "fuzz: $t: (FUZZ_RANDOM_FATAL=0: reported, not failed)"; fi
   fi
   echo "fuzz: $t: $(grep -E '^#[0-9]+.*(DONE|INITED)' "target/fuzz-$t.log" | tail -1)"

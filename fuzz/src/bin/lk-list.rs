@@ -11,13 +11,16 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--replay") {
         let target = args.get(1).expect("--replay TARGET FILE...");
+        let fds = layerkit_fuzz::open_fds;
         for f in &args[2..] {
-            eprintln!("{target}: {f}");
+            let before = fds();
             let data = std::fs::read(f).expect("read input");
             assert!(
                 layerkit_fuzz::run_target(target, &data),
                 "unknown target {target}"
             );
+            // Descriptors still open after the input: a leak shows as a steady climb.
+            eprintln!("{target}: {f} (open fds {before} -> {})", fds());
         }
         return;
     }
