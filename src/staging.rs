@@ -44,12 +44,14 @@ pub(crate) fn exclusive<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// A registered temporary name; removed (with everything below it) when dropped, unless
-/// [`Registered::forget`] was called after it was published or emptied.
+/// A registered temporary name; removed (with everything below it) when dropped, unless it was
+/// published.
 pub(crate) struct Registered {
     id: u64,
     dir: Arc<OwnedFd>,
     name: Vec<u8>,
+    /// Cleared once published: a published name is the result, not debris.
+    armed: bool,
 }
 
 impl Registered {
@@ -61,7 +63,12 @@ impl Registered {
             dir: dir.clone(),
             name: name.clone(),
         });
-        Registered { id, dir, name }
+        Registered {
+            id,
+            dir,
+            name,
+            armed: true,
+        }
     }
 
     /// The temporary name.
@@ -76,18 +83,22 @@ impl Registered {
 
     /// Rename the temporary name onto `final_name` in the same directory (replacing a file, or an
     /// empty dir), excluded from signal cleanup.
-    pub(crate) fn publish(self, final_name: &[u8]) -> io::Result<()> {
+    pub(crate) fn publish(mut self, final_name: &[u8]) -> io::Result<()> {
         let mut reg = registry();
         sys::renameat(&*self.dir, &self.name, &*self.dir, final_name)?;
         reg.retain(|d| d.id != self.id);
-        drop(reg);
-        std::mem::forget(self);
+        // Dropped normally (not `mem::forget`), so the directory fd is closed: a long-lived
+        // library caller must not run out of descriptors one publish at a time.
+        self.armed = false;
         Ok(())
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let mut reg = registry();
         reg.retain(|d| d.id != self.id);
         let _ = remove(self.dir.as_fd(), &self.name);

@@ -463,27 +463,6 @@ fn fd_set() -> std::collections::BTreeSet<i32> {
         .collect()
 }
 
-/// With the known `publish-fd-leak` listed, close the descriptors a call left open on a directory
-/// at or under `dir` that were not open `before`: staging's `publish` forgets its parent dir's fd,
-/// one per accepted layer, and a long run would otherwise end in EMFILE. The leaked `OwnedFd` sits
-/// in a forgotten `Arc` that nothing will ever use or close.
-fn reclaim_leaked_fds(before: &std::collections::BTreeSet<i32>, dir: &Path) {
-    if !known("publish-fd-leak") {
-        return;
-    }
-    for fd in fd_set().difference(before) {
-        let Ok(target) = fs::read_link(format!("/proc/self/fd/{fd}")) else {
-            continue;
-        };
-        if target.starts_with(dir) {
-            // SAFETY: the descriptor belongs to a value layerkit forgot (mem::forget); nothing
-            // else refers to it, so taking ownership and closing it cannot close a live file.
-            #[allow(unsafe_code)]
-            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) });
-        }
-    }
-}
-
 /// apply: the bytes as a layer file, `apply_into(<work>/layer)`. Accepted or refused, nothing
 /// outside `<work>/layer` may change: the canary tree is unchanged (names, modes, owners, times,
 /// ctimes, inodes), the sandbox root and `/` list what they listed before; a refused layer leaves
@@ -500,14 +479,10 @@ pub fn apply(data: &[u8]) {
         skip_digests: data.len().is_multiple_of(2),
         ..Default::default()
     };
-    let fds = fd_set();
-    let fds_before = fds.len();
+    let fds_before = open_fds();
     let r = apply_into(&dest, &input, &opts);
-    if r.is_ok() {
-        reclaim_leaked_fds(&fds, &sb.work);
-    }
     let fds_after = open_fds();
-    if fds_after != fds_before && !(r.is_ok() && known("publish-fd-leak")) {
+    if fds_after != fds_before {
         panic!(
             "apply_into ({}) leaked file descriptors: {fds_before} open before, {fds_after} after",
             if r.is_ok() { "accepted" } else { "refused" }
@@ -724,9 +699,9 @@ pub fn squash_apply(data: &[u8]) {
         ..Default::default()
     };
     let a = work.join("a");
-    let fds = fd_set();
+    let fds = open_fds();
     let applied = apply_into(&a, &Input::from_arg(&layer), &opts);
-    reclaim_leaked_fds(&fds, &work);
+    assert_eq!(fds, open_fds(), "apply_into leaked file descriptors");
     if applied.is_err() {
         return;
     }
@@ -750,9 +725,9 @@ pub fn squash_apply(data: &[u8]) {
         let sq_file = dir.join("squashed");
         fs::write(&sq_file, &out).expect("write squashed");
         let b = work.join(if flatten { "c" } else { "b" });
-        let fds = fd_set();
+        let fds = open_fds();
         let applied = apply_into(&b, &Input::from_arg(&sq_file), &opts);
-        reclaim_leaked_fds(&fds, &work);
+        assert_eq!(fds, open_fds(), "apply_into leaked file descriptors");
         if let Err(e) = applied {
             panic!("apply refuses squash's output (flatten={flatten}) of a layer it accepts: {e}");
         }
