@@ -39,6 +39,11 @@ pub enum Rule {
     SymlinkLoop,
     /// A tar entry type that has no meaning in a layer (sparse, volume, ...).
     UnsupportedType,
+    /// A whiteout or opaque marker whose path passes through a symlink its own layer made: it
+    /// names the lower path (where that symlink does not exist) or the symlink's target, and
+    /// appliers disagree on which (moby and containerd follow the link; the image-spec says a
+    /// marker only concerns the layers below).
+    MarkerThroughSymlink,
     /// An xattr no Linux filesystem can hold: empty or over-long name, no namespace, NUL byte,
     /// value over 64 KiB (xattr(7)).
     XattrName,
@@ -69,6 +74,9 @@ impl std::fmt::Display for Rule {
             Rule::SymlinkLoop => "too many levels of symlinks in a parent path",
             Rule::UnsupportedType => "unsupported entry type",
             Rule::XattrName => "invalid xattr",
+            Rule::MarkerThroughSymlink => {
+                "a whiteout or opaque marker passes through a symlink of its own layer (ambiguous)"
+            }
         })
     }
 }

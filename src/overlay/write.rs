@@ -40,6 +40,8 @@ pub(crate) enum Purpose {
     /// For a whiteout: as `Create`, but a same-layer non-dir or whiteout on the way means the path is
     /// already gone: nothing to do.
     Whiteout,
+    /// For an opaque marker's dir: as `Create`.
+    Opaque,
     /// For reading (hardlink targets, dir times): nothing is created.
     Lookup,
 }
@@ -104,6 +106,19 @@ pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
+/// `entry` (a marker, by the path it deletes) passes through a symlink of its own layer. Named as
+/// the tar names it.
+fn through_symlink(entry: &[u8], purpose: Purpose, detail: String) -> Error {
+    let name = match purpose {
+        Purpose::Whiteout => {
+            let (dir, name) = split(entry);
+            join(dir, &[b".wh.", name].concat())
+        }
+        _ => entry.to_vec(),
+    };
+    Error::rejected(show(&name), Rule::MarkerThroughSymlink, detail)
+}
+
 fn exists(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::AlreadyExists
 }
@@ -151,8 +166,18 @@ impl LayerWriter {
                 path: Vec::new(),
             }));
         }
+        let marker = matches!(purpose, Purpose::Whiteout | Purpose::Opaque);
         if let Some((key, p)) = &self.cache {
             if key.as_slice() == dir {
+                // The resolved path differs from the tar's (clean) one only if a symlink was
+                // followed, and every symlink in the layer dir is this layer's.
+                if marker && p.path != dir {
+                    return Err(through_symlink(
+                        path,
+                        purpose,
+                        format!("{} leads through one", show(dir)),
+                    ));
+                }
                 return Ok(Some(Parent {
                     fd: p.fd.clone(),
                     path: p.path.clone(),
@@ -235,6 +260,13 @@ impl LayerWriter {
                     continue;
                 }
                 Some(st) if sys::file_type(&st) == FileType::Symlink => {
+                    if matches!(purpose, Purpose::Whiteout | Purpose::Opaque) {
+                        return Err(through_symlink(
+                            entry,
+                            purpose,
+                            format!("{} is a symlink in this layer", show(&here)),
+                        ));
+                    }
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&here)));
@@ -249,14 +281,16 @@ impl LayerWriter {
                     }
                     continue;
                 }
-                Some(st) if is_whiteout(&st) && purpose == Purpose::Create => {
+                Some(st)
+                    if is_whiteout(&st) && matches!(purpose, Purpose::Create | Purpose::Opaque) =>
+                {
                     // `.wh.X` then `X/child`: X is re-created by this layer, hiding the lower X.
                     sys::unlinkat(&*cur, &c, false).map_err(|e| Self::io(&here, e))?;
                     self.make_dir(cur.as_fd(), &c, &here, true)?;
                 }
                 Some(_) => {
                     return match purpose {
-                        Purpose::Create => Err(Error::rejected(
+                        Purpose::Create | Purpose::Opaque => Err(Error::rejected(
                             show(entry),
                             Rule::NotDir,
                             format!("{} is not a directory", show(&here)),
@@ -602,7 +636,7 @@ impl LayerWriter {
         // symlinks, in root; created when missing; a whiteout of this layer becomes a new dir).
         let mut inside = path.to_vec();
         inside.extend_from_slice(b"/.wh..wh..opq");
-        let d = self.parent(&inside, Purpose::Create)?.expect("created");
+        let d = self.parent(&inside, Purpose::Opaque)?.expect("created");
         if d.path.is_empty() {
             // Resolved to the root (`s -> /`): the root case.
             return self.opaque_marker(b"");

@@ -209,10 +209,10 @@ impl<'a> Merger<'a> {
         for (i, m) in members.iter().enumerate() {
             let r = MRef { layer, member: i };
             match &m.entry.kind {
-                Kind::Whiteout => {}
                 // Markers act in step 1 only: a marker whose dir is not there (a file of this
-                // layer, say) changes nothing, as in a flat extraction.
-                Kind::Opaque => {}
+                // layer, say) changes nothing, as in a flat extraction. Here they are only
+                // checked against the symlinks the layer made before them.
+                Kind::Whiteout | Kind::Opaque => self.check_marker(r)?,
                 Kind::Dir => {
                     let c = self.resolve(&m.entry.path, r)?;
                     self.check_parents(&c, r)?;
@@ -312,8 +312,8 @@ impl<'a> Merger<'a> {
         Ok(())
     }
 
-    /// The symlink target at `path`, if the range made a symlink there.
-    fn symlink_at(&self, path: &[Vec<u8>]) -> Option<&'a [u8]> {
+    /// The symlink at `path`, if the range made one there: its target and the member that made it.
+    fn symlink_at(&self, path: &[Vec<u8>]) -> Option<(&'a [u8], MRef)> {
         let look = self.look(path);
         if look.hidden {
             return None;
@@ -321,7 +321,7 @@ impl<'a> Merger<'a> {
         match look.node?.state {
             State::NonDir { inode, .. } => match &self.inodes[inode] {
                 Inode::Member(m) => match &self.member(*m).kind {
-                    Kind::Symlink { target } => Some(target),
+                    Kind::Symlink { target } => Some((target, *m)),
                     _ => None,
                 },
                 Inode::Base { .. } => None,
@@ -333,6 +333,12 @@ impl<'a> Merger<'a> {
     /// `path` with its parents resolved through the range's symlinks (chroot semantics: an
     /// absolute target starts at the root, `..` stops there); the last component is not followed.
     fn resolve(&self, path: &[u8], by: MRef) -> Result<Vec<Vec<u8>>> {
+        Ok(self.resolve_traced(path, by)?.0)
+    }
+
+    /// `resolve`, and the first symlink on the way that `by`'s own layer made, if any.
+    fn resolve_traced(&self, path: &[u8], by: MRef) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+        let mut own = None;
         let mut todo: VecDeque<Vec<u8>> = comps(path).into();
         let mut done: Vec<Vec<u8>> = Vec::new();
         let mut links = 0;
@@ -347,7 +353,10 @@ impl<'a> Merger<'a> {
                 _ => {}
             }
             done.push(c);
-            if let Some(target) = self.symlink_at(&done) {
+            if let Some((target, maker)) = self.symlink_at(&done) {
+                if maker.layer == by.layer && own.is_none() {
+                    own = Some(joined(&done));
+                }
                 links += 1;
                 if links > MAX_LINKS {
                     return Err(self.reject(by, Rule::SymlinkLoop, show(&joined(&done))));
@@ -370,7 +379,26 @@ impl<'a> Merger<'a> {
                 _ => done.push(last),
             }
         }
-        Ok(done)
+        Ok((done, own))
+    }
+
+    /// A marker may not reach its path through a symlink its own layer made before it (as
+    /// `overlay::write` refuses it): an opaque marker's dir is followed too, being a parent of
+    /// the marker entry.
+    fn check_marker(&self, m: MRef) -> Result<()> {
+        let e = self.member(m);
+        let mut path = e.path.clone();
+        if e.kind == Kind::Opaque {
+            path.extend_from_slice(b"/.wh..wh..opq");
+        }
+        if let (_, Some(link)) = self.resolve_traced(&path, m)? {
+            return Err(self.reject(
+                m,
+                Rule::MarkerThroughSymlink,
+                format!("{} is a symlink in this layer", show(&link)),
+            ));
+        }
+        Ok(())
     }
 
     fn look(&self, path: &[Vec<u8>]) -> Look<'_> {

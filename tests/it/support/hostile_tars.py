@@ -299,6 +299,13 @@ case("pax_junk_over_limit", raw_pax(rec(b"comment", b"j" * 700000) + rec(b"SCHIL
                                                                         b"v" * 400000))
      + raw_file("junk_member", PWNED) + END)
 case("sym_through_missing_dotdot", tar(L("s", "missing/.."), F("s/f")))
+# A marker through a symlink its own layer made: the lower path or the link's target? Refused.
+case("whiteout_through_own_symlink", tar(D("d"), L("s", "d"), F("s/.wh.x", b"")))
+case("opaque_through_own_symlink", tar(D("d"), L("s", "d"), F("s/.wh..wh..opq", b"")))
+# The marker before the symlink: it concerns the lower `s/x`, which the symlink hides anyway.
+case("whiteout_before_own_symlink", tar(D("d"), F("s/.wh.x", b""), L("s", "d")))
+# Through a lower layer's symlink (`lib -> usr/lib` in the base): one meaning, accepted.
+case("whiteout_through_lower_symlink", tar(F("lib/.wh.libc.so", b"")))
 case("xattr_empty_name", tar(F("xattr_empty", pax={"SCHILY.xattr.": "v"})))
 case("xattr_no_namespace", tar(F("xattr_nons", pax={"SCHILY.xattr.foo": "v"})))
 
