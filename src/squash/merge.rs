@@ -121,6 +121,9 @@ struct Look<'t> {
 
 const MAX_LINKS: usize = 40;
 
+/// A path as its components.
+type Comps = Vec<Vec<u8>>;
+
 /// The fold.
 pub struct Merger<'a> {
     layers: &'a [LayerIndex],
@@ -337,7 +340,7 @@ impl<'a> Merger<'a> {
     }
 
     /// `resolve`, and the first symlink on the way that `by`'s own layer made, if any.
-    fn resolve_traced(&self, path: &[u8], by: MRef) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    fn resolve_traced(&self, path: &[u8], by: MRef) -> Result<(Comps, Option<Vec<u8>>)> {
         let mut own = None;
         let mut todo: VecDeque<Vec<u8>> = comps(path).into();
         let mut done: Vec<Vec<u8>> = Vec::new();
