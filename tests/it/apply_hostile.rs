@@ -301,6 +301,11 @@ const READERS: &[Case] = &[
         Confine(&[Char00("usr/lib/libc.so"), Absent("lib")]),
         Confine(&[Char00("lib/libc.so")]),
     ),
+    split(
+        "opaque_through_lower_symlink",
+        Confine(&[Opaque("usr/lib"), File("usr/lib/new", PW), Absent("lib")]),
+        Confine(&[Opaque("lib"), File("lib/new", PW)]),
+    ),
     same(
         "xattr_empty_name",
         Reject(&["xattr_empty", "empty xattr name"]),

@@ -306,6 +306,7 @@ case("opaque_through_own_symlink", tar(D("d"), L("s", "d"), F("s/.wh..wh..opq", 
 case("whiteout_before_own_symlink", tar(D("d"), F("s/.wh.x", b""), L("s", "d")))
 # Through a lower layer's symlink (`lib -> usr/lib` in the base): one meaning, accepted.
 case("whiteout_through_lower_symlink", tar(F("lib/.wh.libc.so", b"")))
+case("opaque_through_lower_symlink", tar(F("lib/.wh..wh..opq", b""), F("lib/new")))
 case("xattr_empty_name", tar(F("xattr_empty", pax={"SCHILY.xattr.": "v"})))
 case("xattr_no_namespace", tar(F("xattr_nons", pax={"SCHILY.xattr.foo": "v"})))
 
