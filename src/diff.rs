@@ -63,11 +63,17 @@ pub fn diff<W: Write + Send + 'static>(
     let (descriptor, warnings, out) = write_blob(out, &blob, |chunks| {
         let (item_tx, item_rx) = bounded::<Item>(512);
         std::thread::scope(|s| {
-            let walker = s.spawn(move || {
-                walk(upper, &opts.walk, &mut |item| {
-                    item_tx.send(item).map_err(|_| Error::Stopped)
+            // The walk recurses once per level: a stack for MAX_DEPTH levels (only the pages it
+            // touches are allocated).
+            let walker = std::thread::Builder::new()
+                .name("layerkit-walk".into())
+                .stack_size((1 << 20) + crate::entry::MAX_DEPTH * (4 << 10))
+                .spawn_scoped(s, move || {
+                    walk(upper, &opts.walk, &mut |item| {
+                        item_tx.send(item).map_err(|_| Error::Stopped)
+                    })
                 })
-            });
+                .map_err(|e| Error::io("walk thread", e))?;
             // `move`: a failing tar stage drops the receiver, so the walker stops instead of
             // blocking.
             let tarred = (move || -> Result<_> {

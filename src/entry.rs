@@ -9,6 +9,16 @@ use std::io::Read;
 
 use crate::error::Result;
 
+/// Symlinks followed while resolving one path inside a layer or stack before it counts as a loop:
+/// Linux's own limit (path_resolution(7)), used by every resolver (apply, the store, squash).
+pub const MAX_LINKS: usize = 40;
+
+/// The most components a path may have, in the tar or once resolved through symlinks. Linux
+/// filesystems have no depth limit, but every path-based tool stops at PATH_MAX (4,096 bytes,
+/// so about 2,048 levels); 4,096 components is beyond anything a real image holds and keeps the
+/// cost of one hostile member small (every walk is linear in the path, so this bounds it).
+pub const MAX_DEPTH: usize = 4096;
+
 /// One change: a path and what is there (or that nothing is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -39,6 +39,9 @@ pub enum Rule {
     SymlinkLoop,
     /// A tar entry type that has no meaning in a layer (sparse, volume, ...).
     UnsupportedType,
+    /// A path deeper than [`crate::entry::MAX_DEPTH`] components, as named or once resolved
+    /// through symlinks.
+    PathTooDeep,
     /// A whiteout or opaque marker whose path passes through a symlink its own layer made: it
     /// names the lower path (where that symlink does not exist) or the symlink's target, and
     /// appliers disagree on which (moby and containerd follow the link; the image-spec says a
@@ -74,6 +77,7 @@ impl std::fmt::Display for Rule {
             Rule::SymlinkLoop => "too many levels of symlinks in a parent path",
             Rule::UnsupportedType => "unsupported entry type",
             Rule::XattrName => "invalid xattr",
+            Rule::PathTooDeep => "path too deep",
             Rule::MarkerThroughSymlink => {
                 "a whiteout or opaque marker passes through a symlink of its own layer (ambiguous)"
             }

@@ -11,9 +11,11 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::{Error, Result, Rule};
+use crate::overlay::cursor::Cursor;
+use crate::overlay::key::Key;
 use crate::overlay::lower::{last, Found, LowerView};
 use crate::overlay::write::{is_whiteout, is_within, join, split, LayerWriter, Purpose};
 use crate::sys::{self, FileType, Node, Stat};
@@ -78,7 +80,7 @@ impl LayerWriter {
         }
         sys::fchmod(dst, st.st_mode & 0o7777).map_err(|e| Self::io(path, e))?;
         self.dir_times
-            .insert(path.to_vec(), (st.st_mtime, st.st_mtime_nsec as u32));
+            .insert(Key::from(path), (st.st_mtime, st.st_mtime_nsec as u32));
         Ok(())
     }
 
@@ -95,19 +97,23 @@ impl LayerWriter {
     }
 
     fn settle_implied(&mut self, view: &LowerView) -> Result<()> {
-        let mut todo: BTreeSet<Vec<u8>> = self.implied.clone();
+        let mut todo: BTreeSet<Key> = self.implied.clone();
+        // Parents first (sorted order), so the lower lookups and our own dirs are each one step
+        // from the last: linear at any depth.
+        let mut own = Cursor::new(self.root.clone());
         while let Some(p) = todo.pop_first() {
             // Below a dir this layer made opaque, the lowers are hidden: defaults stay.
-            if !self.implied.contains(&p) || self.below_opaque(&p) {
+            if !self.implied.contains(&*p) || self.below_opaque(&p) {
                 continue;
             }
             let found = view.lookup(&p).map_err(|e| Self::io(&p, e))?;
             match found {
                 Found::Dir { layer, st } => {
                     let src = view.open_dir(layer, &p).map_err(|e| Self::io(&p, e))?;
-                    let Some(dst) = self.open_own_dir(&p)? else {
+                    let Some(dst) = own.goto(&p).map_err(|e| Self::io(&p, e))? else {
                         continue;
                     };
+                    let dst = dst.try_clone_to_owned().map_err(|e| Self::io(&p, e))?;
                     self.copy_dir_attrs(src.as_fd(), &st, dst.as_fd(), &p)?;
                 }
                 Found::Other { st, .. } if sys::file_type(&st) == FileType::Symlink => {
@@ -118,6 +124,8 @@ impl LayerWriter {
                         continue;
                     }
                     self.redirect(&p, &target, &mut todo)?;
+                    // Dirs moved: start over from the root.
+                    own = Cursor::new(self.root.clone());
                 }
                 _ => {}
             }
@@ -130,102 +138,79 @@ impl LayerWriter {
     /// as names that cannot be opened. A flat extraction makes nothing for such a whiteout (and
     /// a whiteout below a lower file must not turn that file into a dir).
     fn prune_ghosts(&mut self, view: &LowerView) -> Result<()> {
-        // The dirs that held a pruned whiteout: the only candidates for removal below.
-        let mut held: BTreeSet<Vec<u8>> = BTreeSet::new();
+        // The dirs that held a pruned whiteout: the only candidates for removal below. Keys
+        // share the whiteout's path, so a deep whiteout costs O(depth), not O(depth^2).
+        let mut held: BTreeSet<Key> = BTreeSet::new();
+        let mut own = Cursor::new(self.root.clone());
         for w in std::mem::take(&mut self.whiteouts) {
             if !matches!(view.lookup(&w).map_err(|e| Self::io(&w, e))?, Found::Absent) {
                 continue;
             }
-            let mut a = w.as_slice();
-            while let Some(i) = a.iter().rposition(|&b| b == b'/') {
-                a = &a[..i];
-                if !held.insert(a.to_vec()) {
+            let shared: std::sync::Arc<[u8]> = w.as_slice().into();
+            let mut end = w.len();
+            while let Some(i) = shared[..end].iter().rposition(|&b| b == b'/') {
+                end = i;
+                if !held.insert(Key::prefix(&shared, end)) {
                     break;
                 }
             }
             // `w` is where the whiteout was made; if a later entry of the layer replaced a dir
             // on the way (by a symlink, say), it went with that dir: never follow a link here.
-            let Some(dir) = self.real_dir(split(&w).0)? else {
+            let Some(dir) = own.goto(split(&w).0).map_err(|e| Self::io(&w, e))? else {
                 continue;
             };
-            match sys::lstatat(&dir, last(&w)) {
+            match sys::lstatat(dir, last(&w)) {
                 Ok(st) if is_whiteout(&st) => {
-                    sys::unlinkat(&dir, last(&w), false).map_err(|e| Self::io(&w, e))?;
+                    sys::unlinkat(dir, last(&w), false).map_err(|e| Self::io(&w, e))?;
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Self::io(&w, e)),
             }
         }
+        // Which of them the lowers have as dirs: parents first, so each lookup is one step
+        // from the last.
+        let lower_dirs: BTreeSet<Key> = held
+            .iter()
+            .filter(|d| self.implied.contains(d.as_slice()) && !self.opaque.contains(d.as_slice()))
+            .map(|d| Ok((d, view.lookup(d).map_err(|e| Self::io(d, e))?)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|(_, f)| matches!(f, Found::Dir { .. }))
+            .map(|(d, _)| d.clone())
+            .collect();
         // Implied dirs that held them and are empty now, deepest first (so that a dir emptied by
         // its children's removal goes too). A dir the layer made opaque stays: an opaque marker
         // for a missing dir makes it.
         for d in held.into_iter().rev() {
-            if !self.implied.contains(&d) || self.opaque.contains(&d) {
+            if !self.implied.contains(d.as_slice())
+                || self.opaque.contains(d.as_slice())
+                || lower_dirs.contains(&d)
+            {
                 continue;
             }
-            if matches!(
-                view.lookup(&d).map_err(|e| Self::io(&d, e))?,
-                Found::Dir { .. }
-            ) {
-                continue;
-            }
-            let Some(fd) = self.open_own_dir(&d)? else {
+            let Some(fd) = own.goto(&d).map_err(|e| Self::io(&d, e))? else {
                 continue;
             };
-            if !sys::read_dir_names(&fd)
+            if !sys::read_dir_names(fd)
                 .map_err(|e| Self::io(&d, e))?
                 .is_empty()
             {
                 continue;
             }
-            let Some(p) = self.parent(&d, Purpose::Lookup)? else {
+            let Some(parent) = own.goto(split(&d).0).map_err(|e| Self::io(&d, e))? else {
                 continue;
             };
-            sys::unlinkat(&*p.fd, last(&d), true).map_err(|e| Self::io(&d, e))?;
+            sys::unlinkat(parent, last(&d), true).map_err(|e| Self::io(&d, e))?;
             self.forget(&d);
             self.forget_cache();
         }
         Ok(())
     }
 
-    /// The layer's dir at exactly `p`, following no symlink; `None` if it is not there (missing,
-    /// or a non-dir or symlink on the way).
-    fn real_dir(&self, p: &[u8]) -> Result<Option<OwnedFd>> {
-        let mut cur = self
-            .root
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Self::io(p, e))?;
-        for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            cur = match sys::openat_dir(&cur, c) {
-                Ok(fd) => fd,
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || matches!(e.raw_os_error(), Some(20) | Some(40)) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(Self::io(p, e)),
-            };
-        }
-        Ok(Some(cur))
-    }
-
-    fn open_own_dir(&mut self, p: &[u8]) -> Result<Option<OwnedFd>> {
-        let Some(parent) = self.parent(p, Purpose::Lookup)? else {
-            return Ok(None);
-        };
-        match sys::openat_dir(&*parent.fd, last(p)) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Self::io(p, e)),
-        }
-    }
-
     /// Move the content of the implied dir `from` to `to` (the in-root target of the lower symlink
     /// at `from`), then remove `from` so the lower symlink shows through again.
-    fn redirect(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Vec<u8>>) -> Result<()> {
+    fn redirect(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Key>) -> Result<()> {
         let Some(dst_parent) = self.parent(to, Purpose::Create)? else {
             return Ok(());
         };
@@ -246,9 +231,9 @@ impl LayerWriter {
                 let fd = sys::openat_dir(&*dst_parent.fd, name).map_err(|e| Self::io(&to, e))?;
                 sys::fchown(&fd, 0, 0).map_err(|e| Self::io(&to, e))?;
                 sys::fchmod(&fd, 0o755).map_err(|e| Self::io(&to, e))?;
-                self.dir_times.insert(to.clone(), (0, 0));
-                self.implied.insert(to.clone());
-                todo.insert(to.clone());
+                self.dir_times.insert(Key::from(to.as_slice()), (0, 0));
+                self.implied.insert(Key::from(to.as_slice()));
+                todo.insert(Key::from(to.as_slice()));
             }
             Err(e) => return Err(Self::io(&to, e)),
         }
@@ -283,7 +268,7 @@ impl LayerWriter {
         from: &[u8],
         dst: BorrowedFd<'_>,
         to: &[u8],
-        todo: &mut BTreeSet<Vec<u8>>,
+        todo: &mut BTreeSet<Key>,
     ) -> Result<()> {
         for child in sys::read_dir_names(src).map_err(|e| Self::io(from, e))? {
             let (cf, ct) = (join(from, &child), join(to, &child));
@@ -318,38 +303,43 @@ impl LayerWriter {
     }
 
     /// Paths under `from` now live under `to`.
-    fn rekey(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Vec<u8>>) {
-        let re = |p: &Vec<u8>| -> Vec<u8> {
+    fn rekey(&mut self, from: &[u8], to: &[u8], todo: &mut BTreeSet<Key>) {
+        let re = |p: &[u8]| -> Vec<u8> {
             if is_within(p, from) {
                 let mut v = to.to_vec();
                 v.extend_from_slice(&p[from.len()..]);
                 v
             } else {
-                p.clone()
+                p.to_vec()
             }
         };
-        self.implied = self.implied.iter().map(re).collect();
-        self.opaque = self.opaque.iter().map(re).collect();
-        *todo = todo.iter().map(re).collect();
-        for (l, _) in self.links.iter_mut() {
-            *l = re(l);
-        }
-        let moved: Vec<(Vec<u8>, (i64, u32))> = self
+        let re_key = |k: &Key| -> Key {
+            if is_within(k, from) {
+                Key::from(re(k))
+            } else {
+                k.clone()
+            }
+        };
+        self.implied = self.implied.iter().map(re_key).collect();
+        self.opaque = self.opaque.iter().map(|p| re(p)).collect();
+        *todo = todo.iter().map(re_key).collect();
+        self.links.rekey(re);
+        let moved: Vec<(Key, (i64, u32))> = self
             .dir_times
-            .range(from.to_vec()..)
+            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
             .take_while(|(p, _)| p.starts_with(from))
             .filter(|(p, _)| is_within(p, from))
             .map(|(p, t)| (p.clone(), *t))
             .collect();
         for (p, t) in moved {
             self.dir_times.remove(&p);
-            self.dir_times.insert(re(&p), t);
+            self.dir_times.insert(re_key(&p), t);
         }
     }
 
     /// Hardlinks whose targets only a lower layer has.
     fn settle_links(&mut self, view: &LowerView) -> Result<()> {
-        let links = std::mem::take(&mut self.links);
+        let links = self.links.take();
         let mut copied: BTreeSet<Vec<u8>> = BTreeSet::new();
         for (link, target) in links {
             let bad = |d: String| Error::rejected(show(&link), Rule::Hardlink, d);

@@ -6,18 +6,26 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 
+use crate::entry::{MAX_DEPTH, MAX_LINKS};
 use crate::error::{Error, Result, Rule};
-use crate::overlay::write::join;
+use crate::overlay::write::is_within;
 use crate::overlay::Namespace;
 use crate::sys::{self, FileType, Stat};
 use crate::tar::entry::show;
+
+/// A merged dir: the layers (index, open dir) that have it, topmost first, down to an opaque one.
+type Merged = Vec<(usize, OwnedFd)>;
 
 /// A stack of finished layer dirs.
 pub struct LowerView {
     /// Diff dirs, topmost first.
     layers: Vec<OwnedFd>,
     ns: Namespace,
+    /// The last dir found and its merged layers (open): a lookup below it starts there, so the
+    /// parents-first walks of a deep chain cost O(layers) per dir, not O(depth * layers).
+    memo: Mutex<Option<(Vec<u8>, Merged)>>,
 }
 
 /// What the merged view has at a path (symlinks not followed).
@@ -47,7 +55,11 @@ fn is_whiteout(st: &Stat) -> bool {
 impl LowerView {
     /// A view of `layers` (diff dir fds, topmost first) whose markers live in `ns`.
     pub fn new(layers: Vec<OwnedFd>, ns: Namespace) -> Self {
-        LowerView { layers, ns }
+        LowerView {
+            layers,
+            ns,
+            memo: Mutex::new(None),
+        }
     }
 
     /// Nothing below.
@@ -65,18 +77,26 @@ impl LowerView {
         if self.layers.is_empty() {
             return Ok(Found::Absent);
         }
-        let mut active: Vec<(usize, OwnedFd)> = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            active.push((i, l.try_clone()?));
-            if path.is_empty() {
-                break;
-            }
-        }
         if path.is_empty() {
             let st = sys::fstat(&self.layers[0])?;
             return Ok(Found::Dir { layer: 0, st });
         }
-        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        // Start at the memo when it is an ancestor of `path`, else at the layer roots.
+        let (mut active, rest) = match memo.take() {
+            Some((m, act)) if is_within(path, &m) && path.len() > m.len() => {
+                let rest = &path[m.len() + usize::from(!m.is_empty())..];
+                (act, rest)
+            }
+            _ => {
+                let mut act = Vec::with_capacity(self.layers.len());
+                for (i, l) in self.layers.iter().enumerate() {
+                    act.push((i, l.try_clone()?));
+                }
+                (act, path)
+            }
+        };
+        let comps: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
         for (k, comp) in comps.iter().enumerate() {
             let last = k + 1 == comps.len();
             let mut next: Vec<(usize, OwnedFd)> = Vec::new();
@@ -110,7 +130,10 @@ impl LowerView {
             }
             match top_dir {
                 None => return Ok(Found::Absent),
-                Some((layer, st)) if last => return Ok(Found::Dir { layer, st }),
+                Some((layer, st)) if last => {
+                    *memo = Some((path.to_vec(), next));
+                    return Ok(Found::Dir { layer, st });
+                }
                 Some(_) => active = next,
             }
         }
@@ -122,54 +145,61 @@ impl LowerView {
     /// are kept (they are to be created). `None` when a parent is a non-directory.
     pub fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
         let mut todo: VecDeque<Vec<u8>> = path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        // The resolved path so far, and its length before each component (linear at any depth).
+        let mut here: Vec<u8> = Vec::with_capacity(path.len());
+        let mut lens: Vec<usize> = Vec::new();
         let mut links = 0;
-        // Once a component is missing below, nothing further down can be a lower symlink: the rest
-        // is a path to create, as a flat extraction would create it.
         let mut missing = false;
         while let Some(c) = todo.pop_front() {
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
-                    names.pop();
+                    if let Some(l) = lens.pop() {
+                        here.truncate(l);
+                    }
                     continue;
                 }
                 _ => {}
             }
-            let here = join(&names.join(&b'/'), &c);
+            if lens.len() >= MAX_DEPTH {
+                return Err(crate::overlay::write::too_deep(path));
+            }
+            lens.push(here.len());
+            if !here.is_empty() {
+                here.push(b'/');
+            }
+            here.extend_from_slice(&c);
             let last = todo.is_empty();
             if missing {
-                names.push(c);
                 continue;
             }
             match self.lookup(&here).map_err(|e| Error::io(show(&here), e))? {
-                Found::Dir { .. } => names.push(c),
+                Found::Dir { .. } => {}
                 Found::Other { layer, st }
                     if sys::file_type(&st) == FileType::Symlink && (!last || follow_last) =>
                 {
                     links += 1;
-                    if links > 40 {
+                    if links > MAX_LINKS {
                         return Err(Error::rejected(show(path), Rule::SymlinkLoop, show(&here)));
                     }
                     let target = self
                         .read_link(layer, &here)
                         .map_err(|e| Error::io(show(&here), e))?;
+                    here.truncate(lens.pop().expect("pushed"));
                     if target.starts_with(b"/") {
-                        names.clear();
+                        here.clear();
+                        lens.clear();
                     }
                     for t in target.split(|&b| b == b'/').rev() {
                         todo.push_front(t.to_vec());
                     }
                 }
-                Found::Absent => {
-                    missing = true;
-                    names.push(c);
-                }
-                _ if last => names.push(c),
+                Found::Absent => missing = true,
+                _ if last => {}
                 _ => return Ok(None),
             }
         }
-        Ok(Some(names.join(&b'/')))
+        Ok(Some(here))
     }
 
     /// The parent dir of `path` inside layer `layer` (the path has no symlinks there).
@@ -186,6 +216,14 @@ impl LowerView {
     pub fn open_dir(&self, layer: usize, path: &[u8]) -> io::Result<OwnedFd> {
         if path.is_empty() {
             return self.layers[layer].try_clone();
+        }
+        // Usually the dir the last lookup found.
+        if let Some((m, act)) = &*self.memo.lock().unwrap_or_else(|p| p.into_inner()) {
+            if m.as_slice() == path {
+                if let Some((_, fd)) = act.iter().find(|(i, _)| *i == layer) {
+                    return fd.try_clone();
+                }
+            }
         }
         let parent = self.open_parent(layer, path)?;
         sys::openat_dir(&parent, last(path))

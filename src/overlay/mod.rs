@@ -2,7 +2,9 @@
 //! kernel, and how an image's own `<ns>.overlay.*` xattrs are escaped (overlayfs.rst, "Nesting overlayfs
 //! mounts"; kernel `fs/overlayfs/util.c` `ovl_xattr_table`).
 
+mod cursor;
 mod fixup;
+mod key;
 pub mod lower;
 mod pool;
 pub mod walk;

@@ -13,7 +13,7 @@
 use crate::entry::Xattrs;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -179,7 +179,8 @@ impl Walker<'_> {
                 ));
             }
             let st = sys::lstatat(&*fd, &name).map_err(|e| Error::io(self.upper_path(&path), e))?;
-            let raw = sys::lget_all_xattrs(&self.upper_path(&path))
+            // By the open dir, not by path: a path past PATH_MAX (4,096 bytes) is still walked.
+            let raw = sys::lget_all_xattrs_at(fd.as_fd(), &name)
                 .map_err(|e| Error::io(self.upper_path(&path), e))?;
             let (markers, xattrs) = split_xattrs(self.ns, raw);
             let whiteout = is_whiteout_dev(&st)
@@ -271,6 +272,9 @@ impl Walker<'_> {
 
     fn child(&mut self, parent: &Arc<OwnedFd>, rel: &[u8], ctx: &Ctx, c: Child) -> Result<()> {
         let path = join(rel, &c.name);
+        // What layerapply and squash refuse is not made (and the walk holds one fd per level).
+        crate::tar::entry::check_depth(&path)
+            .map_err(|d| Error::rejected(self.upper_path(&path), Rule::PathTooDeep, d))?;
         let lower_path = ctx.lower.as_ref().map(|l| join(l, &c.name));
         let ft = sys::file_type(&c.st);
         let display = self.upper_path(&path);

@@ -21,15 +21,14 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::entry::{Entry, Kind, Meta, Sink};
+use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH, MAX_LINKS};
 use crate::error::{Error, Result, Rule};
+use crate::overlay::cursor::Cursor;
+use crate::overlay::key::{ancestor_in, within, within_set, Key, Waiting};
 use crate::overlay::pool::{FilePool, Job, SMALL};
 use crate::overlay::Namespace;
 use crate::sys::{self, FileType, Node};
 use crate::tar::entry::show;
-
-/// Symlinks followed while resolving one parent path before giving up (Linux's own limit).
-const MAX_LINKS: usize = 40;
 
 /// How a parent path is being resolved.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -60,19 +59,19 @@ pub struct LayerWriter {
     /// Lowers will be known later (`--store`): defer what needs them instead of refusing.
     pub(crate) deferred: bool,
     /// Dirs this layer writes into without an entry of their own (resolved paths).
-    pub(crate) implied: BTreeSet<Vec<u8>>,
+    pub(crate) implied: BTreeSet<Key>,
     /// Whiteouts this layer wrote, by their path in the layer (checked against the lowers).
     pub(crate) whiteouts: Vec<Vec<u8>>,
     /// Dirs marked opaque in this layer.
     pub(crate) opaque: BTreeSet<Vec<u8>>,
     /// Hardlinks whose target is not in this layer: (link path, target path), in stream order.
-    pub(crate) links: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) links: Waiting,
     /// A `.wh..wh..opq` at the root was seen.
     pub(crate) root_opaque: bool,
     /// The tar had an entry for the root itself.
     pub(crate) root_explicit: bool,
     /// Every dir's final mtime, set last (creating children changes it).
-    pub(crate) dir_times: BTreeMap<Vec<u8>, (i64, u32)>,
+    pub(crate) dir_times: BTreeMap<Key, (i64, u32)>,
     pub(crate) warnings: Vec<String>,
     cache: Option<(Vec<u8>, Parent)>,
     buf: Vec<u8>,
@@ -106,6 +105,15 @@ pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
+/// `entry` resolves (through symlinks) to more than [`MAX_DEPTH`] components.
+pub(crate) fn too_deep(entry: &[u8]) -> Error {
+    Error::rejected(
+        show(entry),
+        Rule::PathTooDeep,
+        format!("its parent resolves through symlinks to more than {MAX_DEPTH} components"),
+    )
+}
+
 /// `entry` (a marker, by the path it deletes) passes through a symlink of its own layer. Named as
 /// the tar names it.
 fn through_symlink(entry: &[u8], purpose: Purpose, detail: String) -> Error {
@@ -128,7 +136,7 @@ impl LayerWriter {
     /// recorded for [`LayerWriter::fix_against`](crate::overlay::fixup); without, it is refused.
     pub fn new(root: OwnedFd, ns: Namespace, deferred: bool) -> Self {
         let mut dir_times = BTreeMap::new();
-        dir_times.insert(Vec::new(), (0, 0));
+        dir_times.insert(Key::from(Vec::new()), (0, 0));
         LayerWriter {
             root: Arc::new(root),
             ns,
@@ -136,7 +144,7 @@ impl LayerWriter {
             implied: BTreeSet::new(),
             whiteouts: Vec::new(),
             opaque: BTreeSet::new(),
-            links: Vec::new(),
+            links: Waiting::default(),
             root_opaque: false,
             root_explicit: false,
             dir_times,
@@ -204,37 +212,57 @@ impl LayerWriter {
         Ok(found)
     }
 
+    /// Resolve `dir` one component at a time. Work is linear in the path (one running path
+    /// buffer) and one directory fd is held at any depth: a `..` (only symlink targets bring
+    /// one) reopens the parent through `..`, which in a tree only this writer changes is the
+    /// dir the walk came from.
     fn walk(&mut self, dir: &[u8], entry: &[u8], purpose: Purpose) -> Result<Option<Parent>> {
         let mut todo: VecDeque<Vec<u8>> = dir.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        let mut fds: Vec<Arc<OwnedFd>> = vec![self.root.clone()];
+        // The resolved path so far, and its length before each component (to take one back).
+        let mut path: Vec<u8> = Vec::with_capacity(dir.len());
+        let mut lens: Vec<usize> = Vec::new();
+        let mut cur: Arc<OwnedFd> = self.root.clone();
         // Missing dirs to make, made only at the end: below a missing dir nothing exists, so the
         // rest resolves lexically, and a `..` (from a symlink target like `missing/..`) takes a
         // component back instead of leaving a dir the tar never named (as squash resolves it).
         let mut missing: Vec<Vec<u8>> = Vec::new();
         let mut links = 0;
+        let push = |path: &mut Vec<u8>, lens: &mut Vec<usize>, c: &[u8]| {
+            lens.push(path.len());
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(c);
+        };
         while let Some(c) = todo.pop_front() {
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
-                    // Only symlink targets bring `..`; at the root it stays at the root.
-                    if missing.pop().is_none() && names.pop().is_some() {
-                        fds.pop();
+                    // At the root it stays at the root.
+                    if missing.pop().is_none() {
+                        if let Some(l) = lens.pop() {
+                            cur = Arc::new(
+                                sys::openat_dir(&*cur, b"..").map_err(|e| Self::io(&path, e))?,
+                            );
+                            path.truncate(l);
+                        }
                     }
                     continue;
                 }
                 _ => {}
             }
+            // The parent of an entry holds at most MAX_DEPTH - 1 components.
+            if lens.len() + missing.len() + 1 >= MAX_DEPTH {
+                return Err(too_deep(entry));
+            }
             if !missing.is_empty() {
                 missing.push(c);
                 continue;
             }
-            let cur = fds.last().expect("root").clone();
-            let here = join(&names.join(&b'/'), &c);
+            push(&mut path, &mut lens, &c);
             match sys::openat_dir(&*cur, &c) {
                 Ok(fd) => {
-                    fds.push(Arc::new(fd));
-                    names.push(c);
+                    cur = Arc::new(fd);
                     continue;
                 }
                 Err(e)
@@ -242,20 +270,21 @@ impl LayerWriter {
                         && e.raw_os_error() != Some(20)
                         && e.raw_os_error() != Some(40) =>
                 {
-                    return Err(Self::io(&here, e));
+                    return Err(Self::io(&path, e));
                 }
                 Err(_) => {}
             }
             let st = match sys::lstatat(&*cur, &c) {
                 Ok(st) => Some(st),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Self::io(&here, e)),
+                Err(e) => return Err(Self::io(&path, e)),
             };
             match st {
                 None => {
                     if purpose == Purpose::Lookup {
                         return Ok(None);
                     }
+                    path.truncate(lens.pop().expect("pushed"));
                     missing.push(c);
                     continue;
                 }
@@ -264,17 +293,19 @@ impl LayerWriter {
                         return Err(through_symlink(
                             entry,
                             purpose,
-                            format!("{} is a symlink in this layer", show(&here)),
+                            format!("{} is a symlink in this layer", show(&path)),
                         ));
                     }
                     links += 1;
                     if links > MAX_LINKS {
-                        return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&here)));
+                        return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&path)));
                     }
-                    let target = sys::readlinkat(&*cur, &c).map_err(|e| Self::io(&here, e))?;
+                    let target = sys::readlinkat(&*cur, &c).map_err(|e| Self::io(&path, e))?;
+                    path.truncate(lens.pop().expect("pushed"));
                     if target.starts_with(b"/") {
-                        names.clear();
-                        fds.truncate(1);
+                        path.clear();
+                        lens.clear();
+                        cur = self.root.clone();
                     }
                     for t in target.split(|&b| b == b'/').rev() {
                         todo.push_front(t.to_vec());
@@ -285,37 +316,43 @@ impl LayerWriter {
                     if is_whiteout(&st) && matches!(purpose, Purpose::Create | Purpose::Opaque) =>
                 {
                     // `.wh.X` then `X/child`: X is re-created by this layer, hiding the lower X.
-                    sys::unlinkat(&*cur, &c, false).map_err(|e| Self::io(&here, e))?;
-                    self.make_dir(cur.as_fd(), &c, &here, true)?;
+                    sys::unlinkat(&*cur, &c, false).map_err(|e| Self::io(&path, e))?;
+                    let key = Key::from(path.as_slice());
+                    cur = Arc::new(self.make_dir(cur.as_fd(), &c, key, true)?);
                 }
                 Some(_) => {
                     return match purpose {
                         Purpose::Create | Purpose::Opaque => Err(Error::rejected(
                             show(entry),
                             Rule::NotDir,
-                            format!("{} is not a directory", show(&here)),
+                            format!("{} is not a directory", show(&path)),
                         )),
                         _ => Ok(None),
                     };
                 }
             }
-            let fd = sys::openat_dir(&*cur, &c).map_err(|e| Self::io(&here, e))?;
-            fds.push(Arc::new(fd));
-            names.push(c);
         }
-        for c in missing {
-            let cur = fds.last().expect("root").clone();
-            let here = join(&names.join(&b'/'), &c);
-            self.make_dir(cur.as_fd(), &c, &here, false)?;
-            self.implied.insert(here.clone());
-            let fd = sys::openat_dir(&*cur, &c).map_err(|e| Self::io(&here, e))?;
-            fds.push(Arc::new(fd));
-            names.push(c);
+        if !missing.is_empty() {
+            // One buffer for the whole chain: each implied dir's key is a prefix of it, so a
+            // chain of N dirs costs O(N + path) memory, not O(N * path).
+            let mut full = path.clone();
+            let mut ends = Vec::with_capacity(missing.len());
+            for c in &missing {
+                if !full.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(c);
+                ends.push(full.len());
+            }
+            let full: Arc<[u8]> = full.into();
+            for (c, end) in missing.iter().zip(ends) {
+                let key = Key::prefix(&full, end);
+                cur = Arc::new(self.make_dir(cur.as_fd(), c, key.clone(), false)?);
+                self.implied.insert(key);
+            }
+            path = full.to_vec();
         }
-        Ok(Some(Parent {
-            fd: fds.pop().expect("root"),
-            path: names.join(&b'/'),
-        }))
+        Ok(Some(Parent { fd: cur, path }))
     }
 
     /// A dir with default attributes (0755 root:root, mtime 0), optionally opaque.
@@ -323,18 +360,18 @@ impl LayerWriter {
         &mut self,
         at: BorrowedFd<'_>,
         name: &[u8],
-        path: &[u8],
+        path: Key,
         opaque: bool,
-    ) -> Result<()> {
-        sys::mkdirat(at, name, 0o700).map_err(|e| Self::io(path, e))?;
-        let fd = sys::openat_dir(at, name).map_err(|e| Self::io(path, e))?;
-        sys::fchown(&fd, 0, 0).map_err(|e| Self::io(path, e))?;
-        sys::fchmod(&fd, 0o755).map_err(|e| Self::io(path, e))?;
+    ) -> Result<OwnedFd> {
+        sys::mkdirat(at, name, 0o700).map_err(|e| Self::io(&path, e))?;
+        let fd = sys::openat_dir(at, name).map_err(|e| Self::io(&path, e))?;
+        sys::fchown(&fd, 0, 0).map_err(|e| Self::io(&path, e))?;
+        sys::fchmod(&fd, 0o755).map_err(|e| Self::io(&path, e))?;
         if opaque {
-            self.set_opaque(fd.as_fd(), path)?;
+            self.set_opaque(fd.as_fd(), &path)?;
         }
-        self.dir_times.insert(path.to_vec(), (0, 0));
-        Ok(())
+        self.dir_times.insert(path, (0, 0));
+        Ok(fd)
     }
 
     pub(crate) fn set_opaque(&mut self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
@@ -343,48 +380,66 @@ impl LayerWriter {
         Ok(())
     }
 
+    /// `dir` or one of its ancestors is opaque in this layer.
     fn under_opaque(&self, dir: &[u8]) -> bool {
-        if self.root_opaque {
-            return true;
-        }
-        if self.opaque.is_empty() {
-            return false;
-        }
-        let mut p: &[u8] = dir;
-        loop {
-            if self.opaque.contains(p) {
-                return true;
-            }
-            match p.iter().rposition(|&b| b == b'/') {
-                Some(i) => p = &p[..i],
-                None => return false,
-            }
-        }
+        self.root_opaque || ancestor_in(&self.opaque, dir)
     }
 
     /// Remove every whiteout this layer made below `fd` (an opaque dir must not contain any).
+    /// Depth-first with one open dir, climbing through `..` (as `sys::remove_all_at`): no
+    /// recursion and no descriptor per level, at any depth.
     pub(crate) fn remove_whiteouts_below(&mut self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
-        for name in sys::read_dir_names(fd).map_err(|e| Self::io(path, e))? {
-            let p = join(path, &name);
-            let st = sys::lstatat(fd, &name).map_err(|e| Self::io(&p, e))?;
-            if is_whiteout(&st) {
-                sys::unlinkat(fd, &name, false).map_err(|e| Self::io(&p, e))?;
-            } else if sys::file_type(&st) == FileType::Directory {
-                let sub = sys::openat_dir(fd, &name).map_err(|e| Self::io(&p, e))?;
-                self.remove_whiteouts_below(sub.as_fd(), &p)?;
-                // An implied dir that only held whiteouts has nothing left to say.
-                if self.implied.contains(&p)
-                    && sys::read_dir_names(&sub)
-                        .map_err(|e| Self::io(&p, e))?
-                        .is_empty()
-                {
-                    sys::unlinkat(fd, &name, true).map_err(|e| Self::io(&p, e))?;
-                    self.forget(&p);
-                    self.forget_cache();
+        let mut cur = fd.try_clone_to_owned().map_err(|e| Self::io(path, e))?;
+        let mut here = path.to_vec();
+        // Per level below `path`: the length of `here` above it, its name, and the subdirs of
+        // its parent still to visit.
+        let mut levels: Vec<(usize, Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+        let mut todo = self.unlink_whiteouts_in(&cur, &here)?;
+        loop {
+            if let Some(sub) = todo.pop() {
+                let next =
+                    sys::openat_dir(&cur, &sub).map_err(|e| Self::io(&join(&here, &sub), e))?;
+                levels.push((here.len(), sub.clone(), std::mem::take(&mut todo)));
+                if !here.is_empty() {
+                    here.push(b'/');
                 }
+                here.extend_from_slice(&sub);
+                cur = next;
+                todo = self.unlink_whiteouts_in(&cur, &here)?;
+                continue;
+            }
+            let Some((len, name, rest)) = levels.pop() else {
+                return Ok(());
+            };
+            let empty = sys::read_dir_names(&cur)
+                .map_err(|e| Self::io(&here, e))?
+                .is_empty();
+            cur = sys::openat_dir(&cur, b"..").map_err(|e| Self::io(&here, e))?;
+            // An implied dir that only held whiteouts has nothing left to say.
+            if empty && self.implied.contains(here.as_slice()) {
+                sys::unlinkat(&cur, &name, true).map_err(|e| Self::io(&here, e))?;
+                let gone = std::mem::take(&mut here);
+                self.forget(&gone);
+                self.forget_cache();
+                here = gone;
+            }
+            here.truncate(len);
+            todo = rest;
+        }
+    }
+
+    /// Unlink the whiteouts directly in `dir`; the names of its subdirs.
+    fn unlink_whiteouts_in(&mut self, dir: &OwnedFd, path: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut subdirs = Vec::new();
+        for name in sys::read_dir_names(dir).map_err(|e| Self::io(path, e))? {
+            let st = sys::lstatat(dir, &name).map_err(|e| Self::io(&join(path, &name), e))?;
+            if is_whiteout(&st) {
+                sys::unlinkat(dir, &name, false).map_err(|e| Self::io(&join(path, &name), e))?;
+            } else if sys::file_type(&st) == FileType::Directory {
+                subdirs.push(name);
             }
         }
-        Ok(())
+        Ok(subdirs)
     }
 
     /// `path` is strictly below a dir this layer made opaque (the lowers are hidden there).
@@ -394,17 +449,14 @@ impl LayerWriter {
 
     /// Drop the bookkeeping of `path` and everything below it (it was removed or replaced).
     pub(crate) fn forget(&mut self, path: &[u8]) {
-        self.implied.retain(|p| !is_within(p, path));
-        self.opaque.retain(|p| !is_within(p, path));
-        self.links.retain(|(l, _)| !is_within(l, path));
-        let below: Vec<Vec<u8>> = self
-            .dir_times
-            .range(path.to_vec()..)
-            .take_while(|(p, _)| p.starts_with(path))
-            .filter(|(p, _)| is_within(p, path))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in below {
+        for p in within_set(&self.implied, path) {
+            self.implied.remove(&p);
+        }
+        for p in within_set(&self.opaque, path) {
+            self.opaque.remove(&p);
+        }
+        self.links.remove_within(path);
+        for p in within(&self.dir_times, path) {
             self.dir_times.remove(&p);
         }
     }
@@ -447,9 +499,7 @@ impl LayerWriter {
     ) -> Result<T> {
         // A hardlink to a lower file waits for the lowers with no node of its own: a later entry
         // at its path (or above it) replaces it, as in a flat extraction (last one wins).
-        if !self.links.is_empty() {
-            self.links.retain(|(l, _)| !is_within(l, path));
-        }
+        self.links.remove_within(path);
         match make() {
             Ok(t) => Ok(t),
             Err(e) if exists(&e) => {
@@ -547,7 +597,7 @@ impl LayerWriter {
         sys::fchmod(fd, meta.mode).map_err(|e| Self::io(path, e))?;
         if dir {
             self.dir_times
-                .insert(path.to_vec(), (meta.mtime, meta.mtime_nsec));
+                .insert(Key::from(path), (meta.mtime, meta.mtime_nsec));
             Ok(())
         } else {
             sys::futimens(fd, meta.mtime, meta.mtime_nsec).map_err(|e| Self::io(path, e))
@@ -605,7 +655,7 @@ impl LayerWriter {
                 self.remove_whiteouts_below(fd.as_fd(), &rpath)?;
                 // An implied dir that only held whiteouts (`a/.wh.x`, then `.wh.a`) is no dir
                 // of this layer: the whiteout takes its place.
-                if self.implied.contains(&rpath)
+                if self.implied.contains(rpath.as_slice())
                     && sys::read_dir_names(&fd)
                         .map_err(|e| Self::io(&rpath, e))?
                         .is_empty()
@@ -656,10 +706,8 @@ impl LayerWriter {
         let rpath = join(&p.path, name);
         // A waiting hardlink at this path (see `create`) is replaced by the dir; the link had
         // replaced whatever the lowers have here, so the dir hides them (as below).
-        let waiting = self.links.len();
-        self.links.retain(|(l, _)| *l != rpath);
         let mut existed = false;
-        let mut opaque = self.links.len() != waiting;
+        let mut opaque = self.links.remove(&rpath);
         if let Err(e) = sys::mkdirat(&*p.fd, name, 0o700) {
             if !exists(&e) {
                 return Err(Self::io(&rpath, e));
@@ -667,7 +715,7 @@ impl LayerWriter {
             let st = sys::lstatat(&*p.fd, name).map_err(|e| Self::io(&rpath, e))?;
             if sys::file_type(&st) == FileType::Directory {
                 existed = true;
-                if !self.implied.remove(&rpath) {
+                if !self.implied.remove(rpath.as_slice()) {
                     self.warnings.push(format!(
                         "{}: duplicate entry, the later one wins",
                         show(&rpath)
@@ -795,13 +843,8 @@ impl LayerWriter {
                 // Only a lower layer can have it: settled once the lowers are complete.
                 let fd = p.fd.clone();
                 self.clear(fd.as_fd(), name, &rpath)?;
-                let resolved = self
-                    .links
-                    .iter()
-                    .find(|(l, _)| l.as_slice() == target)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_else(|| target.to_vec());
-                self.links.push((rpath, resolved));
+                let resolved = self.links.target_of(target).unwrap_or(target).to_vec();
+                self.links.push(rpath, resolved);
                 Ok(())
             }
             _ => Err(Error::rejected(
@@ -831,8 +874,7 @@ impl LayerWriter {
             sys::fchown(&*root, 0, 0).map_err(|e| Self::io(b"", e))?;
             sys::fchmod(&*root, 0o755).map_err(|e| Self::io(b"", e))?;
         }
-        if !self.links.is_empty() {
-            let (l, t) = &self.links[0];
+        if let Some((l, t)) = self.links.first() {
             return Err(Error::rejected(
                 show(l),
                 Rule::Hardlink,
@@ -840,16 +882,18 @@ impl LayerWriter {
             ));
         }
         let times = std::mem::take(&mut self.dir_times);
+        // In sorted order, so one cursor visits the tree once at any depth.
+        let mut cursor = Cursor::new(self.root.clone());
         for (path, (s, ns)) in times {
             if path.is_empty() {
                 sys::futimens(&*self.root, s, ns).map_err(|e| Self::io(b"", e))?;
                 continue;
             }
-            let Some(p) = self.parent(&path, Purpose::Lookup)? else {
+            let (dir, name) = split(&path);
+            let Some(at) = cursor.goto(dir).map_err(|e| Self::io(dir, e))? else {
                 continue;
             };
-            let (_, name) = split(&path);
-            match sys::utimensat_nofollow(&*p.fd, name, s, ns) {
+            match sys::utimensat_nofollow(at, name, s, ns) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Self::io(&path, e)),

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::entry::{Entry, Kind, Meta};
+use crate::entry::{Entry, Kind, Meta, MAX_DEPTH, MAX_LINKS};
 use crate::error::{Error, Result, Rule};
 use crate::squash::index::LayerIndex;
 use crate::tar::entry::show;
@@ -42,6 +42,16 @@ pub enum Item {
         /// End (exclusive).
         end: u64,
     },
+    /// Below here, paths are inside the dir `name` of the current dir (nothing is written).
+    /// Dirs are entered and left in the order the walk visits them, so a dir that has no member
+    /// of its own needs no path in the plan: a chain of N such dirs costs O(N) memory, not the
+    /// O(N^2) of N full paths (a 1 MB, 4,095-level path would take gigabytes).
+    Enter(Vec<u8>),
+    /// Back to the parent dir.
+    Leave,
+    /// A dir at the current path with default attributes (0755, root, mtime 0): what an applier
+    /// gives a missing parent.
+    SynthDir,
     /// An entry encoded anew; a file's data is copied from `(layer, offset)`.
     Entry {
         /// The entry.
@@ -118,8 +128,6 @@ struct Look<'t> {
     /// An ancestor is a fresh dir (or the base is empty): the base has nothing at the path.
     fresh_above: bool,
 }
-
-const MAX_LINKS: usize = 40;
 
 /// A path as its components.
 type Comps = Vec<Vec<u8>>;
@@ -356,6 +364,15 @@ impl<'a> Merger<'a> {
                 _ => {}
             }
             done.push(c);
+            if done.len() >= MAX_DEPTH {
+                return Err(self.reject(
+                    by,
+                    Rule::PathTooDeep,
+                    format!(
+                        "its parent resolves through symlinks to more than {MAX_DEPTH} components"
+                    ),
+                ));
+            }
             if let Some((target, maker)) = self.symlink_at(&done) {
                 if maker.layer == by.layer && own.is_none() {
                     own = Some(joined(&done));
@@ -395,11 +412,23 @@ impl<'a> Merger<'a> {
             path.extend_from_slice(b"/.wh..wh..opq");
         }
         if let (_, Some(link)) = self.resolve_traced(&path, m)? {
-            return Err(self.reject(
-                m,
+            // Named as the tar names it, as layerapply does.
+            let name = match e.kind {
+                Kind::Opaque => path,
+                _ => {
+                    let (dir, base) = match e.path.iter().rposition(|&b| b == b'/') {
+                        Some(i) => (&e.path[..=i], &e.path[i + 1..]),
+                        None => (&e.path[..0], &e.path[..]),
+                    };
+                    [dir, b".wh.", base].concat()
+                }
+            };
+            return Err(Error::rejected(
+                show(&name),
                 Rule::MarkerThroughSymlink,
                 format!("{} is a symlink in this layer", show(&link)),
-            ));
+            )
+            .in_layer(&self.layers[m.layer].label));
         }
         Ok(())
     }
@@ -685,13 +714,16 @@ impl<'a> Merger<'a> {
         }
         for (name, kid) in &node.kids {
             path.push(name.clone());
+            if matches!(kid.state, State::Pass | State::Dir { .. }) {
+                out.push(Slot::Item(Item::Enter(name.clone())));
+            }
             match kid.state {
                 State::Whiteout => {}
                 State::Pass => {
                     // Under a fresh dir the stack made this dir (as a parent), and it stays even
                     // when what it held is gone; elsewhere it is the base's, if anything.
                     if fresh_above {
-                        out.push(Slot::Item(synth_dir(joined(path))));
+                        out.push(Slot::Item(Item::SynthDir));
                     }
                     self.walk(kid, path, fresh_above, sure_from, out);
                 }
@@ -709,13 +741,13 @@ impl<'a> Merger<'a> {
                             Some(since + 1)
                         }
                         Header::Synth(l) => {
-                            out.push(Slot::Item(synth_dir(joined(path))));
+                            out.push(Slot::Item(Item::SynthDir));
                             Some(l + 1)
                         }
                         Header::Implied(l)
                             if self.flatten || fresh_above && sure_from.is_some_and(|f| l >= f) =>
                         {
-                            out.push(Slot::Item(synth_dir(joined(path))));
+                            out.push(Slot::Item(Item::SynthDir));
                             sure_from
                         }
                         Header::Implied(_) => None,
@@ -731,6 +763,9 @@ impl<'a> Merger<'a> {
                     by,
                     path: joined(path),
                 }),
+            }
+            if matches!(kid.state, State::Pass | State::Dir { .. }) {
+                out.push(Slot::Item(Item::Leave));
             }
             path.pop();
         }
@@ -850,21 +885,6 @@ fn marker(path: Vec<u8>, kind: Kind) -> Item {
             path,
             kind,
             meta: Meta::default(),
-        },
-        data: None,
-        xattrs: None,
-    }
-}
-
-fn synth_dir(path: Vec<u8>) -> Item {
-    Item::Entry {
-        entry: Entry {
-            path,
-            kind: Kind::Dir,
-            meta: Meta {
-                mode: 0o755,
-                ..Meta::default()
-            },
         },
         data: None,
         xattrs: None,

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::apply::Input;
 use crate::digest::Descriptor;
-use crate::entry::{Kind, Sink};
+use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::output::{default_jobs, stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::tar::write::{TarWriter, WriteOptions};
@@ -35,6 +35,22 @@ pub struct SquashOptions {
     /// Where compressed layers are spooled uncompressed while squashing (default: the system's
     /// temporary dir).
     pub spool_dir: Option<PathBuf>,
+}
+
+/// The merge walks its tree recursively, one frame per level: run it on a thread whose stack
+/// holds [`MAX_DEPTH`] levels, whatever the caller's thread has (a 2 MiB default overflows at
+/// about 4,000 levels). Only the pages it touches are ever allocated.
+fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Item>> {
+    const FRAME: usize = 2 << 10;
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("layerkit-merge".into())
+            .stack_size((1 << 20) + MAX_DEPTH * FRAME)
+            .spawn_scoped(s, || Merger::new(layers, flatten).run())
+            .map_err(|e| Error::io("merge thread", e))?
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// Index every layer, `jobs` at once. The first failure (in layer order) is reported.
@@ -83,7 +99,7 @@ pub fn squash<W: Write + Send>(
         return Err(Error::Usage("no layers to squash".into()));
     }
     let layers = index_all(inputs, opts)?;
-    let plan = Merger::new(&layers, opts.flatten).run()?;
+    let plan = merge(&layers, opts.flatten)?;
     let (descriptor, (), out) = write_blob(out, &opts.blob, |chunks| {
         let mut w = TarWriter::new(
             chunks,
@@ -92,8 +108,34 @@ pub fn squash<W: Write + Send>(
                 subsecond: true,
             },
         );
+        // The current dir (see `Item::Enter`) and its length before each component.
+        let mut here: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
         for item in &plan {
             let (res, layer) = match item {
+                Item::Enter(name) => {
+                    lens.push(here.len());
+                    if !here.is_empty() {
+                        here.push(b'/');
+                    }
+                    here.extend_from_slice(name);
+                    continue;
+                }
+                Item::Leave => {
+                    here.truncate(lens.pop().expect("entered"));
+                    continue;
+                }
+                Item::SynthDir => {
+                    let dir = Entry {
+                        path: here.clone(),
+                        kind: Kind::Dir,
+                        meta: Meta {
+                            mode: 0o755,
+                            ..Meta::default()
+                        },
+                    };
+                    (w.put(&dir, &mut io::empty()), None)
+                }
                 Item::Raw { layer, start, end } => {
                     let mut r = Range::new(&layers[*layer].tar, *start, end - start);
                     (w.put_raw(&mut r, end - start), Some(*layer))

@@ -1,7 +1,7 @@
 //! Tar members -> changeset entries: name cleaning, whiteout names, type checks. Pure; every refusal
 //! names the member and the rule (image-spec layer.md; semantics.md A2, A3, D).
 
-use crate::entry::{Entry, Kind, Meta};
+use crate::entry::{Entry, Kind, Meta, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
 use crate::sys::dev_fits;
 use crate::tar::read::TarEntry;
@@ -30,10 +30,38 @@ pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
     Ok(out)
 }
 
-/// Lossy text of a path for messages (`.` for the root).
+/// At most [`MAX_DEPTH`] components (checked when a member is read, before anything acts on it).
+pub fn check_depth(path: &[u8]) -> std::result::Result<(), String> {
+    let n = depth(path);
+    if n > MAX_DEPTH {
+        return Err(format!("{n} components, at most {MAX_DEPTH}"));
+    }
+    Ok(())
+}
+
+/// The number of components of a clean path ("" = the root, 0).
+pub fn depth(path: &[u8]) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        1 + path.iter().filter(|&&b| b == b'/').count()
+    }
+}
+
+/// Lossy text of a path for messages (`.` for the root). A path of more than 1 KiB keeps its
+/// first and last 256 bytes around the count of those left out, so an error about a deep path is
+/// still one readable line.
 pub fn show(p: &[u8]) -> String {
+    const KEEP: usize = 256;
     if p.is_empty() {
         ".".into()
+    } else if p.len() > 4 * KEEP {
+        format!(
+            "{}[...{} bytes...]{}",
+            String::from_utf8_lossy(&p[..KEEP]),
+            p.len() - 2 * KEEP,
+            String::from_utf8_lossy(&p[p.len() - KEEP..])
+        )
     } else {
         String::from_utf8_lossy(p).into_owned()
     }
@@ -79,10 +107,11 @@ fn xattr_ok(name: &[u8], value: &[u8]) -> std::result::Result<(), String> {
 
 /// Convert one tar member into a changeset entry.
 pub fn to_entry(te: &TarEntry) -> Result<Entry> {
-    let raw_show = String::from_utf8_lossy(&te.path).into_owned();
+    let raw_show = show(&te.path);
     let path = clean_path(&te.path).map_err(|d| Error::rejected(&raw_show, Rule::BadPath, d))?;
     let shown = show(&path);
     let reject = |rule: Rule, detail: &str| Error::rejected(&shown, rule, detail);
+    check_depth(&path).map_err(|d| reject(Rule::PathTooDeep, &d))?;
     let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&path[..0], &path[..]),
@@ -139,6 +168,17 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
             if te.linkname.contains(&0) {
                 return Err(reject(Rule::BadPath, "NUL byte in symlink target"));
             }
+            // symlink(2) takes at most PATH_MAX - 1 bytes: apply could not make it, and squash
+            // must not pass on what apply refuses.
+            if te.linkname.len() >= 4096 {
+                return Err(reject(
+                    Rule::BadPath,
+                    &format!(
+                        "symlink target of {} bytes (Linux holds at most 4095)",
+                        te.linkname.len()
+                    ),
+                ));
+            }
             if te.linkname.is_empty() {
                 return Err(reject(Rule::BadPath, "empty symlink target"));
             }
@@ -156,6 +196,8 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
             if target.is_empty() {
                 return Err(reject(Rule::Hardlink, "target is the layer root"));
             }
+            check_depth(&target)
+                .map_err(|d| reject(Rule::PathTooDeep, &format!("hardlink target: {d}")))?;
             Kind::Hardlink { target }
         }
         b'3' | b'4' => {

@@ -242,11 +242,7 @@ impl<R: Read> Reader<R> {
     fn bad_entry(&self, path: &[u8], rule: Rule, detail: &str) -> Error {
         Error::Layer {
             layer: self.label.clone(),
-            source: Box::new(Error::rejected(
-                String::from_utf8_lossy(path).into_owned(),
-                rule,
-                detail,
-            )),
+            source: Box::new(Error::rejected(crate::tar::entry::show(path), rule, detail)),
         }
     }
 

@@ -19,5 +19,8 @@ mod apply_hostile;
 mod squash;
 // Faults: SIGKILL/SIGINT/SIGTERM mid-run, concurrent stores, ENOSPC, stale temp files of killed writers.
 mod faults;
+// Paths at any depth: linear work and memory up to MAX_DEPTH, refusal beyond it, layerdiff past
+// PATH_MAX.
+mod deep;
 // Outputs: -o through devices/FIFOs, byte-identical gzip/zstd at any -j, --store refusals, real causes.
 mod outputs;
