@@ -32,6 +32,7 @@ pub mod entry;
 pub mod error;
 pub mod output;
 pub mod overlay;
+mod resolve;
 pub mod squash;
 pub mod staging;
 pub mod store;

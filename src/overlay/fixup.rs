@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::{Error, Result, Rule};
+use crate::overlay::attrs;
 use crate::overlay::cursor::Cursor;
 use crate::overlay::key::Key;
 use crate::overlay::lower::{last, Found, LowerView};
@@ -73,12 +74,15 @@ impl LayerWriter {
         dst: BorrowedFd<'_>,
         path: &[u8],
     ) -> Result<()> {
-        sys::fchown(dst, u64::from(st.st_uid), u64::from(st.st_gid))
-            .map_err(|e| Self::io(path, e))?;
-        for (n, v) in self.lower_xattrs(sys::fget_all_xattrs(src).map_err(|e| Self::io(path, e))?) {
-            sys::fsetxattr(dst, &n, &v).map_err(|e| Self::io(path, e))?;
-        }
-        sys::fchmod(dst, st.st_mode & 0o7777).map_err(|e| Self::io(path, e))?;
+        let xattrs = self.lower_xattrs(sys::fget_all_xattrs(src).map_err(|e| Self::io(path, e))?);
+        let a = attrs::Attrs {
+            uid: u64::from(st.st_uid),
+            gid: u64::from(st.st_gid),
+            mode: st.st_mode & 0o7777,
+            xattrs: &xattrs,
+            mtime: None,
+        };
+        attrs::set(attrs::Node::Open(dst), path, &a, &mut self.warnings)?;
         self.dir_times
             .insert(Key::from(path), (st.st_mtime, st.st_mtime_nsec as u32));
         Ok(())
@@ -425,35 +429,39 @@ impl LayerWriter {
         let src = view.open_parent(layer, lower).map_err(io)?;
         let sname = last(lower);
         let xattrs = self.lower_xattrs(sys::lget_all_xattrs_at(src.as_fd(), sname).map_err(io)?);
-        let (uid, gid) = (u64::from(st.st_uid), u64::from(st.st_gid));
-        let mode = st.st_mode & 0o7777;
-        match sys::file_type(&st) {
+        let a = attrs::Attrs {
+            uid: u64::from(st.st_uid),
+            gid: u64::from(st.st_gid),
+            mode: st.st_mode & 0o7777,
+            xattrs: &xattrs,
+            mtime: Some((st.st_mtime, st.st_mtime_nsec as u32)),
+        };
+        let symlink = match sys::file_type(&st) {
             FileType::RegularFile => {
                 let mut from = sys::open_file_at(&src, sname).map_err(io)?;
                 let mut to = sys::create_excl(dst, name).map_err(io)?;
                 std::io::copy(&mut from, &mut to).map_err(io)?;
-                sys::fchown(&to, uid, gid).map_err(io)?;
-                for (n, v) in &xattrs {
-                    sys::fsetxattr(&to, n, v).map_err(io)?;
-                }
-                sys::fchmod(&to, mode).map_err(io)?;
-                sys::futimens(&to, st.st_mtime, st.st_mtime_nsec as u32).map_err(io)?;
-                return Ok(());
+                return attrs::set(attrs::Node::Open(to.as_fd()), shown, &a, &mut self.warnings);
             }
             FileType::Symlink => {
                 let t = sys::readlinkat(&src, sname).map_err(io)?;
                 sys::symlinkat(&t, dst, name).map_err(io)?;
+                true
             }
             FileType::CharacterDevice | FileType::BlockDevice => {
-                let (a, b) = sys::rdev(&st);
+                let (maj, min) = sys::rdev(&st);
                 let node = if sys::file_type(&st) == FileType::CharacterDevice {
-                    Node::Char(a, b)
+                    Node::Char(maj, min)
                 } else {
-                    Node::Block(a, b)
+                    Node::Block(maj, min)
                 };
                 sys::mknodat(dst, name, node).map_err(io)?;
+                false
             }
-            FileType::Fifo => sys::mknodat(dst, name, Node::Fifo).map_err(io)?,
+            FileType::Fifo => {
+                sys::mknodat(dst, name, Node::Fifo).map_err(io)?;
+                false
+            }
             _ => {
                 return Err(Error::rejected(
                     show(shown),
@@ -461,14 +469,12 @@ impl LayerWriter {
                     format!("target {} cannot be copied", show(lower)),
                 ))
             }
-        }
-        sys::chownat_nofollow(dst, name, uid, gid).map_err(io)?;
-        for (n, v) in &xattrs {
-            sys::lsetxattr_at(dst, name, n, v).map_err(io)?;
-        }
-        if sys::file_type(&st) != FileType::Symlink {
-            sys::chmodat(dst, name, mode).map_err(io)?;
-        }
-        sys::utimensat_nofollow(dst, name, st.st_mtime, st.st_mtime_nsec as u32).map_err(io)
+        };
+        let node = attrs::Node::At {
+            dir: dst,
+            name,
+            symlink,
+        };
+        attrs::set(node, shown, &a, &mut self.warnings)
     }
 }

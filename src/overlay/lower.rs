@@ -3,17 +3,52 @@
 //! with the same dir below unless it is opaque; a non-dir or a char 0/0 whiteout hides everything
 //! below it at that path. Used by the store to settle what a layer's native form depends on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-use crate::entry::{MAX_DEPTH, MAX_LINKS};
+use crate::entry::MAX_DEPTH;
 use crate::error::{Error, Result, Rule};
 use crate::overlay::write::is_within;
 use crate::overlay::Namespace;
+use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
 use crate::sys::{self, FileType, Stat};
 use crate::tar::entry::show;
+
+/// The merged view as the resolver sees it: lookups by path (the memo makes each one step).
+struct MergedTree<'v>(&'v LowerView);
+
+impl Tree for MergedTree<'_> {
+    type Error = Error;
+
+    fn look(&mut self, _name: &[u8], path: &[u8]) -> Result<Seen> {
+        Ok(
+            match self.0.lookup(path).map_err(|e| Error::io(show(path), e))? {
+                Found::Dir { .. } => Seen::Dir,
+                Found::Other { layer, st } if sys::file_type(&st) == FileType::Symlink => {
+                    Seen::Symlink(
+                        self.0
+                            .read_link(layer, path)
+                            .map_err(|e| Error::io(show(path), e))?,
+                    )
+                }
+                Found::Other { .. } => Seen::Other,
+                Found::Absent => Seen::Missing,
+            },
+        )
+    }
+
+    fn down(&mut self, _name: &[u8], _path: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn up(&mut self, _path: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn root(&mut self) {}
+}
 
 /// A merged dir: the layers (index, open dir) that have it, topmost first, down to an opaque one.
 type Merged = Vec<(usize, OwnedFd)>;
@@ -144,62 +179,23 @@ impl LowerView {
     /// `follow_last`), as a flat extraction of the stack would resolve it; components missing below
     /// are kept (they are to be created). `None` when a parent is a non-directory.
     pub fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
-        let mut todo: VecDeque<Vec<u8>> = path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-        // The resolved path so far, and its length before each component (linear at any depth).
-        let mut here: Vec<u8> = Vec::with_capacity(path.len());
-        let mut lens: Vec<usize> = Vec::new();
-        let mut links = 0;
-        let mut missing = false;
-        while let Some(c) = todo.pop_front() {
-            match c.as_slice() {
-                b"" | b"." => continue,
-                b".." => {
-                    if let Some(l) = lens.pop() {
-                        here.truncate(l);
-                    }
-                    continue;
-                }
-                _ => {}
+        let opts = ResolveOptions {
+            last: if follow_last {
+                Last::Follow
+            } else {
+                Last::Keep
+            },
+            stop_at_missing: false,
+            max_depth: MAX_DEPTH,
+        };
+        match resolve(&mut MergedTree(self), path, &opts)? {
+            Outcome::Found { path, rest } => Ok(Some(joined(&path, &rest))),
+            Outcome::NotDir { .. } | Outcome::Missing => Ok(None),
+            Outcome::Loop { path: here } => {
+                Err(Error::rejected(show(path), Rule::SymlinkLoop, show(&here)))
             }
-            if lens.len() >= MAX_DEPTH {
-                return Err(crate::overlay::write::too_deep(path));
-            }
-            lens.push(here.len());
-            if !here.is_empty() {
-                here.push(b'/');
-            }
-            here.extend_from_slice(&c);
-            let last = todo.is_empty();
-            if missing {
-                continue;
-            }
-            match self.lookup(&here).map_err(|e| Error::io(show(&here), e))? {
-                Found::Dir { .. } => {}
-                Found::Other { layer, st }
-                    if sys::file_type(&st) == FileType::Symlink && (!last || follow_last) =>
-                {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err(Error::rejected(show(path), Rule::SymlinkLoop, show(&here)));
-                    }
-                    let target = self
-                        .read_link(layer, &here)
-                        .map_err(|e| Error::io(show(&here), e))?;
-                    here.truncate(lens.pop().expect("pushed"));
-                    if target.starts_with(b"/") {
-                        here.clear();
-                        lens.clear();
-                    }
-                    for t in target.split(|&b| b == b'/').rev() {
-                        todo.push_front(t.to_vec());
-                    }
-                }
-                Found::Absent => missing = true,
-                _ if last => {}
-                _ => return Ok(None),
-            }
+            Outcome::TooDeep => Err(crate::overlay::write::too_deep(path)),
         }
-        Ok(Some(here))
     }
 
     /// The parent dir of `path` inside layer `layer` (the path has no symlinks there).

@@ -2,6 +2,7 @@
 //! kernel, and how an image's own `<ns>.overlay.*` xattrs are escaped (overlayfs.rst, "Nesting overlayfs
 //! mounts"; kernel `fs/overlayfs/util.c` `ovl_xattr_table`).
 
+mod attrs;
 mod cursor;
 mod fixup;
 mod key;

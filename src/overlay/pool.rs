@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::entry::Meta;
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::overlay::attrs;
 use crate::tar::entry::show;
 
 /// Files at most this large are finished by the pool; larger ones are streamed by the caller.
@@ -48,43 +48,16 @@ pub(crate) struct FilePool {
     shared: Arc<Shared>,
 }
 
-/// Owner, xattrs, mode (after chown, which clears setuid), times of an open file. `user.*` xattrs the
-/// filesystem refuses are skipped with a warning; anything else fails the file.
-pub(crate) fn finish_meta(
-    f: &File,
-    path: &[u8],
-    meta: &Meta,
-    warnings: &mut Vec<String>,
-) -> Result<()> {
-    let io = |e| Error::io(show(path), e);
-    sys::fchown(f, meta.uid, meta.gid).map_err(io)?;
-    for (n, v) in &meta.xattrs {
-        match sys::fsetxattr(f.as_fd(), n, v) {
-            Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(1) | Some(95)) && n.starts_with(b"user.") => {
-                warnings.push(format!(
-                    "{}: xattr {} skipped: {e}",
-                    show(path),
-                    String::from_utf8_lossy(n)
-                ));
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!("{} (xattr {})", show(path), String::from_utf8_lossy(n)),
-                    e,
-                ))
-            }
-        }
-    }
-    sys::fchmod(f, meta.mode).map_err(io)?;
-    sys::futimens(f, meta.mtime, meta.mtime_nsec).map_err(io)
-}
-
 fn finish(job: Job, warnings: &mut Vec<String>) -> Result<()> {
     let mut f = job.file;
     f.write_all(&job.data)
         .map_err(|e| Error::io(show(&job.path), e))?;
-    finish_meta(&f, &job.path, &job.meta, warnings)
+    attrs::set(
+        attrs::Node::Open(f.as_fd()),
+        &job.path,
+        &attrs::Attrs::of(&job.meta, true),
+        warnings,
+    )
 }
 
 impl FilePool {

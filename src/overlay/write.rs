@@ -16,17 +16,19 @@
 //! to lower files, an opaque root) is recorded here and settled by `overlay::fixup` once the lowers are
 //! complete; without lowers (`--into`) those cases get defaults or are refused.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH, MAX_LINKS};
+use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
+use crate::overlay::attrs;
 use crate::overlay::cursor::Cursor;
 use crate::overlay::key::{ancestor_in, within, within_set, Key, Waiting};
 use crate::overlay::pool::{FilePool, Job, SMALL};
 use crate::overlay::Namespace;
+use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
 use crate::sys::{self, FileType, Node};
 use crate::tar::entry::show;
 
@@ -103,6 +105,91 @@ pub(crate) fn is_within(p: &[u8], base: &[u8]) -> bool {
 
 pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
+}
+
+/// The layer dir being written, as the resolver sees it: one open dir (`None`: the root).
+struct LayerTree<'w, 'e> {
+    writer: &'w mut LayerWriter,
+    cur: Option<Arc<OwnedFd>>,
+    /// The dir `look` found (or made), entered by `down`.
+    next: Option<OwnedFd>,
+    entry: &'e [u8],
+    purpose: Purpose,
+}
+
+impl LayerTree<'_, '_> {
+    fn here(&self) -> Arc<OwnedFd> {
+        self.cur.clone().unwrap_or_else(|| self.writer.root.clone())
+    }
+}
+
+impl Tree for LayerTree<'_, '_> {
+    type Error = Error;
+
+    fn look(&mut self, name: &[u8], path: &[u8]) -> Result<Seen> {
+        let cur = self.here();
+        match sys::openat_dir(&*cur, name) {
+            Ok(fd) => {
+                self.next = Some(fd);
+                return Ok(Seen::Dir);
+            }
+            Err(e)
+                if e.kind() != io::ErrorKind::NotFound
+                    && e.raw_os_error() != Some(20)
+                    && e.raw_os_error() != Some(40) =>
+            {
+                return Err(LayerWriter::io(path, e));
+            }
+            Err(_) => {}
+        }
+        let st = match sys::lstatat(&*cur, name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Seen::Missing),
+            Err(e) => return Err(LayerWriter::io(path, e)),
+        };
+        let marker = matches!(self.purpose, Purpose::Whiteout | Purpose::Opaque);
+        if sys::file_type(&st) == FileType::Symlink {
+            if marker {
+                return Err(through_symlink(
+                    self.entry,
+                    self.purpose,
+                    format!("{} is a symlink in this layer", show(path)),
+                ));
+            }
+            let target = sys::readlinkat(&*cur, name).map_err(|e| LayerWriter::io(path, e))?;
+            return Ok(Seen::Symlink(target));
+        }
+        if is_whiteout(&st) && matches!(self.purpose, Purpose::Create | Purpose::Opaque) {
+            // `.wh.X` then `X/child`: X is re-created by this layer, hiding the lower X.
+            sys::unlinkat(&*cur, name, false).map_err(|e| LayerWriter::io(path, e))?;
+            let fd = self
+                .writer
+                .make_dir(cur.as_fd(), name, Key::from(path), true)?;
+            self.next = Some(fd);
+            return Ok(Seen::Dir);
+        }
+        Ok(Seen::Other)
+    }
+
+    fn down(&mut self, _name: &[u8], _path: &[u8]) -> Result<()> {
+        self.cur = Some(Arc::new(self.next.take().expect("looked at")));
+        Ok(())
+    }
+
+    fn up(&mut self, path: &[u8]) -> Result<()> {
+        let cur = self.here();
+        let parent = sys::openat_dir(&*cur, b"..").map_err(|e| LayerWriter::io(path, e))?;
+        self.cur = if path.is_empty() {
+            None
+        } else {
+            Some(Arc::new(parent))
+        };
+        Ok(())
+    }
+
+    fn root(&mut self) {
+        self.cur = None;
+    }
 }
 
 /// `entry` resolves (through symlinks) to more than [`MAX_DEPTH`] components.
@@ -212,140 +299,54 @@ impl LayerWriter {
         Ok(found)
     }
 
-    /// Resolve `dir` one component at a time. Work is linear in the path (one running path
-    /// buffer) and one directory fd is held at any depth: a `..` (only symlink targets bring
-    /// one) reopens the parent through `..`, which in a tree only this writer changes is the
-    /// dir the walk came from.
+    /// Resolve `dir` one component at a time (`crate::resolve`), holding one directory fd at
+    /// any depth: a `..` (only symlink targets bring one) reopens the parent through `..`, which
+    /// in a tree only this writer changes is the dir the walk came from. Missing dirs are made at
+    /// the end, as implied dirs.
     fn walk(&mut self, dir: &[u8], entry: &[u8], purpose: Purpose) -> Result<Option<Parent>> {
-        let mut todo: VecDeque<Vec<u8>> = dir.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-        // The resolved path so far, and its length before each component (to take one back).
-        let mut path: Vec<u8> = Vec::with_capacity(dir.len());
-        let mut lens: Vec<usize> = Vec::new();
-        let mut cur: Arc<OwnedFd> = self.root.clone();
-        // Missing dirs to make, made only at the end: below a missing dir nothing exists, so the
-        // rest resolves lexically, and a `..` (from a symlink target like `missing/..`) takes a
-        // component back instead of leaving a dir the tar never named (as squash resolves it).
-        let mut missing: Vec<Vec<u8>> = Vec::new();
-        let mut links = 0;
-        let push = |path: &mut Vec<u8>, lens: &mut Vec<usize>, c: &[u8]| {
-            lens.push(path.len());
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(c);
+        let mut tree = LayerTree {
+            writer: self,
+            cur: None,
+            next: None,
+            entry,
+            purpose,
         };
-        while let Some(c) = todo.pop_front() {
-            match c.as_slice() {
-                b"" | b"." => continue,
-                b".." => {
-                    // At the root it stays at the root.
-                    if missing.pop().is_none() {
-                        if let Some(l) = lens.pop() {
-                            cur = Arc::new(
-                                sys::openat_dir(&*cur, b"..").map_err(|e| Self::io(&path, e))?,
-                            );
-                            path.truncate(l);
-                        }
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            // The parent of an entry holds at most MAX_DEPTH - 1 components.
-            if lens.len() + missing.len() + 1 >= MAX_DEPTH {
-                return Err(too_deep(entry));
-            }
-            if !missing.is_empty() {
-                missing.push(c);
-                continue;
-            }
-            push(&mut path, &mut lens, &c);
-            match sys::openat_dir(&*cur, &c) {
-                Ok(fd) => {
-                    cur = Arc::new(fd);
-                    continue;
-                }
-                Err(e)
-                    if e.kind() != io::ErrorKind::NotFound
-                        && e.raw_os_error() != Some(20)
-                        && e.raw_os_error() != Some(40) =>
-                {
-                    return Err(Self::io(&path, e));
-                }
-                Err(_) => {}
-            }
-            let st = match sys::lstatat(&*cur, &c) {
-                Ok(st) => Some(st),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Self::io(&path, e)),
-            };
-            match st {
-                None => {
-                    if purpose == Purpose::Lookup {
-                        return Ok(None);
-                    }
-                    path.truncate(lens.pop().expect("pushed"));
-                    missing.push(c);
-                    continue;
-                }
-                Some(st) if sys::file_type(&st) == FileType::Symlink => {
-                    if matches!(purpose, Purpose::Whiteout | Purpose::Opaque) {
-                        return Err(through_symlink(
-                            entry,
-                            purpose,
-                            format!("{} is a symlink in this layer", show(&path)),
-                        ));
-                    }
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&path)));
-                    }
-                    let target = sys::readlinkat(&*cur, &c).map_err(|e| Self::io(&path, e))?;
-                    path.truncate(lens.pop().expect("pushed"));
-                    if target.starts_with(b"/") {
-                        path.clear();
-                        lens.clear();
-                        cur = self.root.clone();
-                    }
-                    for t in target.split(|&b| b == b'/').rev() {
-                        todo.push_front(t.to_vec());
-                    }
-                    continue;
-                }
-                Some(st)
-                    if is_whiteout(&st) && matches!(purpose, Purpose::Create | Purpose::Opaque) =>
-                {
-                    // `.wh.X` then `X/child`: X is re-created by this layer, hiding the lower X.
-                    sys::unlinkat(&*cur, &c, false).map_err(|e| Self::io(&path, e))?;
-                    let key = Key::from(path.as_slice());
-                    cur = Arc::new(self.make_dir(cur.as_fd(), &c, key, true)?);
-                }
-                Some(_) => {
-                    return match purpose {
-                        Purpose::Create | Purpose::Opaque => Err(Error::rejected(
-                            show(entry),
-                            Rule::NotDir,
-                            format!("{} is not a directory", show(&path)),
-                        )),
-                        _ => Ok(None),
-                    };
+        let outcome = resolve(
+            &mut tree,
+            dir,
+            &ResolveOptions {
+                last: Last::Dir,
+                stop_at_missing: purpose == Purpose::Lookup,
+                // The parent of an entry holds at most MAX_DEPTH - 1 components.
+                max_depth: MAX_DEPTH - 1,
+            },
+        )?;
+        let mut cur = tree.cur.take().unwrap_or_else(|| self.root.clone());
+        let (mut path, missing) = match outcome {
+            Outcome::Found { path, rest } => (path, rest),
+            Outcome::Missing => return Ok(None),
+            Outcome::NotDir { path } => {
+                return match purpose {
+                    Purpose::Create | Purpose::Opaque => Err(Error::rejected(
+                        show(entry),
+                        Rule::NotDir,
+                        format!("{} is not a directory", show(&path)),
+                    )),
+                    _ => Ok(None),
                 }
             }
-        }
+            Outcome::Loop { path } => {
+                return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&path)))
+            }
+            Outcome::TooDeep => return Err(too_deep(entry)),
+        };
         if !missing.is_empty() {
             // One buffer for the whole chain: each implied dir's key is a prefix of it, so a
             // chain of N dirs costs O(N + path) memory, not O(N * path).
-            let mut full = path.clone();
-            let mut ends = Vec::with_capacity(missing.len());
+            let full: Arc<[u8]> = joined(&path, &missing).into();
+            let mut end = path.len();
             for c in &missing {
-                if !full.is_empty() {
-                    full.push(b'/');
-                }
-                full.extend_from_slice(c);
-                ends.push(full.len());
-            }
-            let full: Arc<[u8]> = full.into();
-            for (c, end) in missing.iter().zip(ends) {
+                end += c.len() + usize::from(end > 0);
                 let key = Key::prefix(&full, end);
                 cur = Arc::new(self.make_dir(cur.as_fd(), c, key.clone(), false)?);
                 self.implied.insert(key);
@@ -536,37 +537,6 @@ impl LayerWriter {
         }
     }
 
-    /// Set one xattr; `user.*` where the kernel refuses it (symlinks, devices) and filesystems
-    /// without xattrs are skipped with a warning, anything else fails the entry.
-    fn set_xattr(
-        &mut self,
-        path: &[u8],
-        name: &[u8],
-        value: &[u8],
-        set: impl FnOnce(&[u8], &[u8]) -> io::Result<()>,
-    ) -> Result<()> {
-        let Some(disk) = self.disk_xattr(name) else {
-            return Ok(());
-        };
-        match set(&disk, value) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if matches!(e.raw_os_error(), Some(1) | Some(95)) && name.starts_with(b"user.") =>
-            {
-                self.warnings.push(format!(
-                    "{}: xattr {} skipped: {e}",
-                    show(path),
-                    String::from_utf8_lossy(name)
-                ));
-                Ok(())
-            }
-            Err(e) => Err(Error::io(
-                format!("{} (xattr {})", show(path), String::from_utf8_lossy(name)),
-                e,
-            )),
-        }
-    }
-
     /// Owner, xattrs, mode (after chown, which clears setuid), then times; dirs' times are deferred.
     fn meta_fd(
         &mut self,
@@ -576,7 +546,6 @@ impl LayerWriter {
         dir: bool,
         existed: bool,
     ) -> Result<()> {
-        sys::fchown(fd, meta.uid, meta.gid).map_err(|e| Self::io(path, e))?;
         if existed {
             // Dir over dir: the later entry's xattrs replace the earlier ones; markers stay.
             let keep: Vec<Vec<u8>> = meta
@@ -591,17 +560,28 @@ impl LayerWriter {
                 }
             }
         }
-        for (n, v) in &meta.xattrs {
-            self.set_xattr(path, n, v, |n, v| sys::fsetxattr(fd, n, v))?;
-        }
-        sys::fchmod(fd, meta.mode).map_err(|e| Self::io(path, e))?;
+        let disk = self.on_disk(meta);
+        attrs::set(
+            attrs::Node::Open(fd),
+            path,
+            &attrs::Attrs::of(&disk, !dir),
+            &mut self.warnings,
+        )?;
         if dir {
             self.dir_times
                 .insert(Key::from(path), (meta.mtime, meta.mtime_nsec));
-            Ok(())
-        } else {
-            sys::futimens(fd, meta.mtime, meta.mtime_nsec).map_err(|e| Self::io(path, e))
         }
+        Ok(())
+    }
+
+    /// `meta` with its xattrs as they go to disk (escaped; skipped ones left out).
+    fn on_disk(&mut self, meta: &Meta) -> Meta {
+        let mut m = meta.clone();
+        m.xattrs = std::mem::take(&mut m.xattrs)
+            .into_iter()
+            .filter_map(|(n, v)| self.disk_xattr(&n).map(|d| (d, v)))
+            .collect();
+        m
     }
 
     /// The same for nodes that cannot be opened (symlinks, devices, fifos).
@@ -613,15 +593,17 @@ impl LayerWriter {
         meta: &Meta,
         symlink: bool,
     ) -> Result<()> {
-        sys::chownat_nofollow(at, name, meta.uid, meta.gid).map_err(|e| Self::io(path, e))?;
-        for (n, v) in &meta.xattrs {
-            self.set_xattr(path, n, v, |n, v| sys::lsetxattr_at(at, name, n, v))?;
-        }
-        if !symlink {
-            sys::chmodat(at, name, meta.mode).map_err(|e| Self::io(path, e))?;
-        }
-        sys::utimensat_nofollow(at, name, meta.mtime, meta.mtime_nsec)
-            .map_err(|e| Self::io(path, e))
+        let disk = self.on_disk(meta);
+        attrs::set(
+            attrs::Node::At {
+                dir: at,
+                name,
+                symlink,
+            },
+            path,
+            &attrs::Attrs::of(&disk, true),
+            &mut self.warnings,
+        )
     }
 
     fn whiteout(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
@@ -747,11 +729,7 @@ impl LayerWriter {
         if size <= SMALL && self.pool.enabled() {
             let mut bytes = vec![0u8; size as usize];
             read_data(data, &mut bytes, &rpath)?;
-            let mut meta = meta.clone();
-            meta.xattrs = std::mem::take(&mut meta.xattrs)
-                .into_iter()
-                .filter_map(|(n, v)| self.disk_xattr(&n).map(|d| (d, v)))
-                .collect();
+            let meta = self.on_disk(meta);
             return self.pool.submit(Job {
                 file: f,
                 data: bytes,

@@ -14,10 +14,13 @@
 //! its children, its opaque marker right after it, every hardlink after the name that carries the
 //! data. A member that comes out unchanged (same path, same role) is copied as raw bytes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use crate::entry::{Entry, Kind, Meta, MAX_DEPTH, MAX_LINKS};
+use crate::entry::{Entry, Kind, Meta, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
+use crate::resolve::{
+    joined as join_rest, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree,
+};
 use crate::squash::index::LayerIndex;
 use crate::tar::entry::show;
 
@@ -131,6 +134,60 @@ struct Look<'t> {
 
 /// A path as its components.
 type Comps = Vec<Vec<u8>>;
+
+/// The merged tree as the resolver sees it: the nodes down to the current dir (`None` below a
+/// name the tree does not have, or under a non-dir or whiteout, where no symlink of the range
+/// can be). Every component is a dir to squash, which resolves and checks parents apart.
+struct MergeTree<'m, 'a> {
+    merger: &'m Merger<'a>,
+    stack: Vec<Option<&'m Node>>,
+    layer: usize,
+    /// The first symlink of `layer` followed.
+    own: Option<Vec<u8>>,
+}
+
+impl<'m> MergeTree<'m, '_> {
+    fn child(&self, name: &[u8]) -> Option<&'m Node> {
+        let parent = (*self.stack.last().expect("root"))?;
+        match parent.state {
+            State::Dir { .. } | State::Pass => parent.kids.get(name),
+            State::Whiteout | State::NonDir { .. } => None,
+        }
+    }
+}
+
+impl Tree for MergeTree<'_, '_> {
+    type Error = std::convert::Infallible;
+
+    fn look(&mut self, name: &[u8], path: &[u8]) -> std::result::Result<Seen, Self::Error> {
+        if let Some(State::NonDir { inode, .. }) = self.child(name).map(|n| &n.state) {
+            if let Inode::Member(m) = &self.merger.inodes[*inode] {
+                if let Kind::Symlink { target } = &self.merger.member(*m).kind {
+                    if m.layer == self.layer && self.own.is_none() {
+                        self.own = Some(path.to_vec());
+                    }
+                    return Ok(Seen::Symlink(target.clone()));
+                }
+            }
+        }
+        Ok(Seen::Dir)
+    }
+
+    fn down(&mut self, name: &[u8], _path: &[u8]) -> std::result::Result<(), Self::Error> {
+        let kid = self.child(name);
+        self.stack.push(kid);
+        Ok(())
+    }
+
+    fn up(&mut self, _path: &[u8]) -> std::result::Result<(), Self::Error> {
+        self.stack.pop();
+        Ok(())
+    }
+
+    fn root(&mut self) {
+        self.stack.truncate(1);
+    }
+}
 
 /// The fold.
 pub struct Merger<'a> {
@@ -323,24 +380,6 @@ impl<'a> Merger<'a> {
         Ok(())
     }
 
-    /// The symlink at `path`, if the range made one there: its target and the member that made it.
-    fn symlink_at(&self, path: &[Vec<u8>]) -> Option<(&'a [u8], MRef)> {
-        let look = self.look(path);
-        if look.hidden {
-            return None;
-        }
-        match look.node?.state {
-            State::NonDir { inode, .. } => match &self.inodes[inode] {
-                Inode::Member(m) => match &self.member(*m).kind {
-                    Kind::Symlink { target } => Some((target, *m)),
-                    _ => None,
-                },
-                Inode::Base { .. } => None,
-            },
-            _ => None,
-        }
-    }
-
     /// `path` with its parents resolved through the range's symlinks (chroot semantics: an
     /// absolute target starts at the root, `..` stops there); the last component is not followed.
     fn resolve(&self, path: &[u8], by: MRef) -> Result<Vec<Vec<u8>>> {
@@ -349,57 +388,28 @@ impl<'a> Merger<'a> {
 
     /// `resolve`, and the first symlink on the way that `by`'s own layer made, if any.
     fn resolve_traced(&self, path: &[u8], by: MRef) -> Result<(Comps, Option<Vec<u8>>)> {
-        let mut own = None;
-        let mut todo: VecDeque<Vec<u8>> = comps(path).into();
-        let mut done: Vec<Vec<u8>> = Vec::new();
-        let mut links = 0;
-        while todo.len() > 1 {
-            let c = todo.pop_front().expect("len > 1");
-            match c.as_slice() {
-                b"" | b"." => continue,
-                b".." => {
-                    done.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            done.push(c);
-            if done.len() >= MAX_DEPTH {
-                return Err(self.reject(
-                    by,
-                    Rule::PathTooDeep,
-                    format!(
-                        "its parent resolves through symlinks to more than {MAX_DEPTH} components"
-                    ),
-                ));
-            }
-            if let Some((target, maker)) = self.symlink_at(&done) {
-                if maker.layer == by.layer && own.is_none() {
-                    own = Some(joined(&done));
-                }
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(self.reject(by, Rule::SymlinkLoop, show(&joined(&done))));
-                }
-                done.pop();
-                if target.starts_with(b"/") {
-                    done.clear();
-                }
-                for t in target.split(|&b| b == b'/').rev() {
-                    todo.push_front(t.to_vec());
-                }
-            }
+        let mut tree = MergeTree {
+            merger: self,
+            stack: vec![Some(&self.root)],
+            layer: by.layer,
+            own: None,
+        };
+        let opts = ResolveOptions {
+            last: Last::Keep,
+            stop_at_missing: false,
+            max_depth: MAX_DEPTH,
+        };
+        let Ok(outcome) = resolve(&mut tree, path, &opts);
+        match outcome {
+            Outcome::Found { path, rest } => Ok((comps(&join_rest(&path, &rest)), tree.own)),
+            Outcome::Loop { path } => Err(self.reject(by, Rule::SymlinkLoop, show(&path))),
+            Outcome::TooDeep => Err(self.reject(
+                by,
+                Rule::PathTooDeep,
+                format!("its parent resolves through symlinks to more than {MAX_DEPTH} components"),
+            )),
+            Outcome::Missing | Outcome::NotDir { .. } => unreachable!("squash's tree has neither"),
         }
-        if let Some(last) = todo.pop_front() {
-            match last.as_slice() {
-                b"" | b"." => {}
-                b".." => {
-                    done.pop();
-                }
-                _ => done.push(last),
-            }
-        }
-        Ok((done, own))
     }
 
     /// A marker may not reach its path through a symlink its own layer made before it (as

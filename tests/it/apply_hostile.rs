@@ -936,25 +936,6 @@ fn squash_accepts_and_refuses_what_the_store_does() {
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
 
-/// Peak RSS in KiB of `cmd`, by Python's `getrusage` (the command must succeed).
-fn peak_rss_kib(cmd: &Command) -> u64 {
-    let script = "import resource, subprocess, sys\n\
-                  r = subprocess.run(sys.argv[1:], capture_output=True)\n\
-                  sys.stderr.write(r.stderr.decode(errors='replace'))\n\
-                  assert r.returncode == 0, r.returncode\n\
-                  print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
-    let out = run(Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(cmd.get_program())
-        .args(cmd.get_args()));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Small inputs that once made squash hold or copy hundreds of megabytes (issue 11): memory per
 /// member is bounded (the index keeps no xattr values), and records no reader needs are not
 /// passed on.

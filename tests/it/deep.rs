@@ -60,25 +60,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Peak RSS in KiB of a successful command (Python's getrusage of its child).
-fn peak_rss_kib(cmd: &mut Command) -> u64 {
-    let script = "import resource, subprocess, sys\n\
-                  r = subprocess.run(sys.argv[1:], capture_output=True)\n\
-                  sys.stderr.write(r.stderr.decode(errors='replace'))\n\
-                  assert r.returncode == 0, r.returncode\n\
-                  print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
-    let out = run(Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(cmd.get_program())
-        .args(cmd.get_args()));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// One member 4,095 levels deep, each name 240 bytes: a 1 MB path (PATH_MAX is 4 KB). Applied
 /// `--into`, and `--store` over a base holding the same chain (so every implied dir takes its
 /// attributes from the lower), squashed and flattened; each result read back through dir fds.
@@ -121,7 +102,7 @@ fn a_member_at_the_depth_limit_is_cheap_everywhere() {
     let sq = t.path().join("sq.tar");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerkit"));
     cmd.args(["squash", "-o"]).arg(&sq).arg(&base).arg(&top);
-    let rss = peak_rss_kib(&mut cmd);
+    let rss = peak_rss_kib(&cmd);
     assert!(rss < 100 * 1024, "squash: peak RSS {rss} KiB");
     assert_eq!(py(&["count", s(&sq)]).trim(), format!("2 {DEPTH}"));
     let back = t.path().join("back");
@@ -141,7 +122,7 @@ fn a_member_at_the_depth_limit_is_cheap_everywhere() {
     cmd.args(["squash", "--flatten", "-o", "/dev/null"])
         .arg(&base)
         .arg(&top);
-    let rss = peak_rss_kib(&mut cmd);
+    let rss = peak_rss_kib(&cmd);
     assert!(rss < 150 * 1024, "squash --flatten: peak RSS {rss} KiB");
     // The same shape with 1-byte names, to read back: 4,095 dirs named, 2 files.
     let (b1, t1) = (t.path().join("b1.tar"), t.path().join("t1.tar"));
@@ -196,42 +177,30 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
             "symlink target of 5000 bytes (Linux holds at most 4095)",
         ),
     ] {
+        // Exit 1 and one short line naming the rule; `target` not made.
+        let refused = |cmd: &mut Command, target: &Path| {
+            let r = cmd.arg(tar).output().unwrap();
+            let err = String::from_utf8_lossy(&r.stderr).into_owned();
+            assert_eq!(r.status.code(), Some(1), "{err}");
+            assert!(err.contains(want), "{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(
+                err.len() < 2000,
+                "an error about a deep path stays short: {err}"
+            );
+            assert!(!target.exists(), "{} was made", target.display());
+        };
         let out = t.path().join("out");
-        let r = layerapply()
-            .arg("--into")
-            .arg(&out)
-            .arg(tar)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(1), "{err}");
-        assert!(err.contains(want), "{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(
-            err.len() < 2000,
-            "an error about a deep path stays short: {err}"
-        );
-        assert!(!out.exists());
+        refused(layerapply().arg("--into").arg(&out), &out);
         let store = t.path().join("store");
-        let r = layerapply()
-            .arg("--store")
-            .arg(&store)
-            .arg(tar)
-            .output()
-            .unwrap();
-        assert_eq!(r.status.code(), Some(1));
-        assert!(!store.exists(), "a failed first run leaves no store");
+        refused(layerapply().arg("--store").arg(&store), &store);
         let sq = t.path().join("sq.tar");
-        let r = Command::new(env!("CARGO_BIN_EXE_layerkit"))
-            .args(["squash", "-o"])
-            .arg(&sq)
-            .arg(tar)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(1), "{err}");
-        assert!(err.contains(want), "{err}");
-        assert!(!sq.exists());
+        refused(
+            Command::new(env!("CARGO_BIN_EXE_layerkit"))
+                .args(["squash", "-o"])
+                .arg(&sq),
+            &sq,
+        );
     }
 }
 

@@ -696,3 +696,22 @@ pub fn noise_files(dir: &Path, mib: usize, seed: u64) {
         std::fs::write(dir.join(format!("r{i}")), data).unwrap();
     }
 }
+
+/// Peak RSS in KiB of `cmd`, by Python's `getrusage` (the command must succeed).
+pub fn peak_rss_kib(cmd: &Command) -> u64 {
+    let script = "import resource, subprocess, sys\n\
+                  r = subprocess.run(sys.argv[1:], capture_output=True)\n\
+                  sys.stderr.write(r.stderr.decode(errors='replace'))\n\
+                  assert r.returncode == 0, r.returncode\n\
+                  print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = run(Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(cmd.get_program())
+        .args(cmd.get_args()));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
