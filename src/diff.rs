@@ -129,14 +129,8 @@ fn relabel(e: Error, display: &Path) -> Error {
 }
 
 fn open_data(r: &FileRef) -> io::Result<std::fs::File> {
-    match r {
-        FileRef::At { dir, name } => sys::openat_file(&**dir, name),
-        FileRef::Path(p) => {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-                .map_err(|_| io::ErrorKind::InvalidInput)?;
-            sys::openat_file(rustix::fs::CWD, &c)
-        }
-    }
+    let FileRef::At { dir, name } = r;
+    sys::openat_file(&**dir, name)
 }
 
 /// Diff into the file `path`, staged under a temporary name in the same directory and renamed into

@@ -46,7 +46,7 @@ impl LayerWriter {
 
     fn opaque_root(&mut self, view: &LowerView) -> Result<()> {
         let root = self.root.clone();
-        for name in view.root_names().map_err(|e| Self::io(b"", e))? {
+        for name in view.merged_names(b"").map_err(|e| Self::io(b"", e))? {
             match sys::lstatat(&*root, &name) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     sys::mknodat(&*root, &name, Node::Char(0, 0))

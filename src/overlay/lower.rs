@@ -3,7 +3,6 @@
 //! with the same dir below unless it is opaque; a non-dir or a char 0/0 whiteout hides everything
 //! below it at that path. Used by the store to settle what a layer's native form depends on.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
@@ -97,9 +96,65 @@ impl LowerView {
         }
     }
 
+    /// The marker namespace the layers are read in.
+    pub fn ns(&self) -> Namespace {
+        self.ns
+    }
+
     /// Nothing below.
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
+    }
+
+    /// A whiteout: a char 0/0 device, or (in a mount's own layers, written by the kernel with
+    /// `userxattr` or by other tools) an empty file with the `<ns>.overlay.whiteout` xattr.
+    fn whiteout_at(&self, dir: &OwnedFd, name: &[u8], st: &Stat) -> io::Result<bool> {
+        if is_whiteout(st) {
+            return Ok(true);
+        }
+        if sys::file_type(st) == FileType::RegularFile && st.st_size == 0 {
+            let raw = sys::lget_all_xattrs_at(dir.as_fd(), name)?;
+            return Ok(crate::overlay::split_xattrs(self.ns, raw).0.whiteout);
+        }
+        Ok(false)
+    }
+
+    /// The names the merged dir at `path` shows, sorted (none if it is not a dir).
+    pub fn merged_names(&self, path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let dirs: Merged = if path.is_empty() {
+            let mut all = Vec::with_capacity(self.layers.len());
+            for (i, l) in self.layers.iter().enumerate() {
+                all.push((i, l.try_clone()?));
+            }
+            all
+        } else {
+            if !matches!(self.lookup(path)?, Found::Dir { .. }) {
+                return Ok(Vec::new());
+            }
+            let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            let (_, act) = memo.as_ref().expect("a found dir is memoized");
+            act.iter()
+                .map(|(i, fd)| Ok((*i, fd.try_clone()?)))
+                .collect::<io::Result<_>>()?
+        };
+        let mut seen = std::collections::BTreeMap::new();
+        for (_, fd) in &dirs {
+            for n in sys::read_dir_names(fd)? {
+                if seen.contains_key(&n) {
+                    continue;
+                }
+                let Ok(st) = sys::lstatat(fd, &n) else {
+                    continue;
+                };
+                let visible = !self.whiteout_at(fd, &n, &st)?;
+                seen.insert(n, visible);
+            }
+        }
+        Ok(seen
+            .into_iter()
+            .filter(|(_, v)| *v)
+            .map(|(n, _)| n)
+            .collect())
     }
 
     fn opaque(&self, fd: &OwnedFd) -> io::Result<bool> {
@@ -109,23 +164,29 @@ impl LowerView {
     /// What is at `path` (no symlink followed, not even in parents: a lower symlink parent means the
     /// merged view has no dir there).
     pub fn lookup(&self, path: &[u8]) -> io::Result<Found> {
-        if self.layers.is_empty() {
+        self.lookup_from(path, 0)
+    }
+
+    /// [`LowerView::lookup`] in the layers `from..` only (where a metacopy file's data is: below
+    /// the layer that holds the metacopy).
+    pub fn lookup_from(&self, path: &[u8], from: usize) -> io::Result<Found> {
+        if self.layers.len() <= from {
             return Ok(Found::Absent);
         }
         if path.is_empty() {
-            let st = sys::fstat(&self.layers[0])?;
-            return Ok(Found::Dir { layer: 0, st });
+            let st = sys::fstat(&self.layers[from])?;
+            return Ok(Found::Dir { layer: from, st });
         }
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         // Start at the memo when it is an ancestor of `path`, else at the layer roots.
         let (mut active, rest) = match memo.take() {
-            Some((m, act)) if is_within(path, &m) && path.len() > m.len() => {
+            Some((m, act)) if from == 0 && is_within(path, &m) && path.len() > m.len() => {
                 let rest = &path[m.len() + usize::from(!m.is_empty())..];
                 (act, rest)
             }
             _ => {
                 let mut act = Vec::with_capacity(self.layers.len());
-                for (i, l) in self.layers.iter().enumerate() {
+                for (i, l) in self.layers.iter().enumerate().skip(from) {
                     act.push((i, l.try_clone()?));
                 }
                 (act, path)
@@ -142,7 +203,7 @@ impl LowerView {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
-                if is_whiteout(&st) {
+                if self.whiteout_at(fd, comp, &st)? {
                     break;
                 }
                 if sys::file_type(&st) != FileType::Directory {
@@ -166,7 +227,9 @@ impl LowerView {
             match top_dir {
                 None => return Ok(Found::Absent),
                 Some((layer, st)) if last => {
-                    *memo = Some((path.to_vec(), next));
+                    if from == 0 {
+                        *memo = Some((path.to_vec(), next));
+                    }
                     return Ok(Found::Dir { layer, st });
                 }
                 Some(_) => active = next,
@@ -200,6 +263,19 @@ impl LowerView {
 
     /// The parent dir of `path` inside layer `layer` (the path has no symlinks there).
     pub fn open_parent(&self, layer: usize, path: &[u8]) -> io::Result<OwnedFd> {
+        let dir = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => &path[..0],
+        };
+        if !dir.is_empty() {
+            if let Some((m, act)) = &*self.memo.lock().unwrap_or_else(|p| p.into_inner()) {
+                if m.as_slice() == dir {
+                    if let Some((_, fd)) = act.iter().find(|(i, _)| *i == layer) {
+                        return fd.try_clone();
+                    }
+                }
+            }
+        }
         let mut fd = self.layers[layer].try_clone()?;
         let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
         for c in &comps[..comps.len().saturating_sub(1)] {
@@ -228,25 +304,6 @@ impl LowerView {
     fn read_link(&self, layer: usize, path: &[u8]) -> io::Result<Vec<u8>> {
         let parent = self.open_parent(layer, path)?;
         sys::readlinkat(&parent, last(path))
-    }
-
-    /// Names visible at the top level of the merged view.
-    pub fn root_names(&self) -> io::Result<Vec<Vec<u8>>> {
-        let mut seen: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
-        for l in &self.layers {
-            for name in sys::read_dir_names(l)? {
-                if seen.contains_key(&name) {
-                    continue;
-                }
-                let st = sys::lstatat(l, &name)?;
-                seen.insert(name, !is_whiteout(&st));
-            }
-        }
-        Ok(seen
-            .into_iter()
-            .filter(|(_, v)| *v)
-            .map(|(k, _)| k)
-            .collect())
     }
 }
 

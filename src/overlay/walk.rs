@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
+use crate::overlay::lower::{last, Found, LowerView};
 use crate::overlay::{split_xattrs, Markers, Namespace};
 use crate::sys::{self, FileType, Stat};
 use crate::tar::WHITEOUT_PREFIX;
@@ -26,15 +27,13 @@ use crate::tar::WHITEOUT_PREFIX;
 /// Where the data of a file entry is to be read from; the consumer opens it.
 #[derive(Debug, Clone)]
 pub enum FileRef {
-    /// `name` in the open directory `dir` (upper files: fd-relative, no path walk per file).
+    /// `name` in the open directory `dir` (an upper's or a lower's: fd-relative, no path walk).
     At {
         /// Parent directory.
         dir: Arc<OwnedFd>,
         /// File name inside it.
         name: CString,
     },
-    /// An absolute path into a lower layer (metacopy data, redirected content).
-    Path(PathBuf),
 }
 
 /// One walked entry and, for files, where its bytes are.
@@ -80,16 +79,17 @@ pub fn walk(
             ),
         ));
     }
+    let mut lower_fds = Vec::with_capacity(opts.lowers.len());
     for l in &opts.lowers {
         // O_DIRECTORY: a missing lower or one that is not a dir fails here, naming it.
-        sys::open_dir(l).map_err(|e| Error::io(l, e))?;
+        lower_fds.push(sys::open_dir(l).map_err(|e| Error::io(l, e))?);
     }
     let mut w = Walker {
         ns: opts.ns,
         upper: upper.as_os_str().as_encoded_bytes().to_vec(),
         lowers: Lowers {
             roots: opts.lowers.clone(),
-            ns: opts.ns,
+            view: LowerView::new(lower_fds, opts.ns),
         },
         links: HashMap::new(),
         warnings: Vec::new(),
@@ -382,14 +382,14 @@ impl Walker<'_> {
                         Some(r) => resolve_redirect(r, ctx.lower.as_deref().unwrap_or_default()),
                         None => lower_path.clone().unwrap_or_else(|| path.clone()),
                     };
-                    let (p, _) = self.lowers.data_of(&src, 0).ok_or_else(|| {
+                    let (data, _) = self.lowers.data_of(&src, 0).ok_or_else(|| {
                         Error::rejected(
                             display.clone(),
                             Rule::LowerMissing,
                             format!("no lower file at /{}", String::from_utf8_lossy(&src)),
                         )
                     })?;
-                    FileRef::Path(p)
+                    data
                 } else {
                     let name = CString::new(c.name.clone()).map_err(|_| {
                         Error::io(&display, std::io::ErrorKind::InvalidInput.into())
@@ -441,11 +441,9 @@ impl Walker<'_> {
             ));
         }
         match self.lowers.view(lrel, 0)? {
-            LowerNode::Absent => Ok(()),
-            LowerNode::Dirs(stack) => {
-                let (p, st) = (&stack[0].1, sys_lstat(&stack[0].1)?);
-                let raw = sys::lget_all_xattrs(p).map_err(|e| Error::io(p, e))?;
-                let (_, xattrs) = split_xattrs(self.ns, raw);
+            Found::Absent => Ok(()),
+            Found::Dir { layer, st } => {
+                let (_, xattrs) = self.lowers.xattrs(layer, lrel)?;
                 self.put(
                     Entry {
                         path: out.to_vec(),
@@ -460,9 +458,9 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            LowerNode::NonDir(layer, p, st) => {
-                let raw = sys::lget_all_xattrs(&p).map_err(|e| Error::io(&p, e))?;
-                let (markers, xattrs) = split_xattrs(self.ns, raw);
+            Found::Other { layer, st } => {
+                let p = self.lowers.at(layer, lrel);
+                let (markers, xattrs) = self.lowers.xattrs(layer, lrel)?;
                 let meta = meta_of(&st, xattrs);
                 let ft = sys::file_type(&st);
                 if ft == FileType::Socket {
@@ -501,7 +499,11 @@ impl Walker<'_> {
                                     )
                                 })?
                         } else {
-                            p.clone()
+                            let (dir, name) = self.lowers.parent(layer, lrel)?;
+                            let name = CString::new(name).map_err(|_| {
+                                Error::io(&p, std::io::ErrorKind::InvalidInput.into())
+                            })?;
+                            FileRef::At { dir, name }
                         };
                         let size = st.st_size as u64;
                         return self.put(
@@ -510,11 +512,14 @@ impl Walker<'_> {
                                 kind: Kind::File { size },
                                 meta,
                             },
-                            Some(FileRef::Path(data)),
+                            Some(data),
                             p,
                         );
                     }
-                    _ => special_kind(&st, || sys_readlink(&p))?,
+                    _ => special_kind(&st, || {
+                        let (dir, name) = self.lowers.parent(layer, lrel)?;
+                        sys::readlinkat(&*dir, &name).map_err(|e| Error::io(&p, e))
+                    })?,
                 };
                 self.put(
                     Entry {
@@ -565,144 +570,80 @@ fn resolve_redirect(redirect: &[u8], lower_parent: &[u8]) -> Vec<u8> {
     }
 }
 
-fn sys_lstat(p: &Path) -> Result<Stat> {
-    sys::lstatat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()).map_err(|e| Error::io(p, e))
-}
-
-fn sys_readlink(p: &Path) -> Result<Vec<u8>> {
-    sys::readlinkat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()).map_err(|e| Error::io(p, e))
-}
-
-/// The read-only lower layers, looked up by path the way overlayfs merges them.
+/// The read-only lower layers, merged as overlayfs merges them: the store's own merged view
+/// (`overlay::lower`), by descriptor, so there is one definition of what the layers below show.
 struct Lowers {
+    /// For messages only.
     roots: Vec<PathBuf>,
-    ns: Namespace,
-}
-
-enum LowerNode {
-    Absent,
-    /// The dirs that merge at this path, topmost first (the list stops at an opaque one).
-    Dirs(Vec<(usize, PathBuf)>),
-    /// A non-directory in layer `usize`, hiding everything below it.
-    NonDir(usize, PathBuf, Stat),
+    view: LowerView,
 }
 
 impl Lowers {
     fn display(&self, rel: &[u8]) -> PathBuf {
-        match self.roots.first() {
+        self.at(0, rel)
+    }
+
+    /// `rel` in layer `layer`, for messages.
+    fn at(&self, layer: usize, rel: &[u8]) -> PathBuf {
+        match self.roots.get(layer) {
             Some(r) => sys::join(r.as_os_str().as_encoded_bytes(), rel),
             None => PathBuf::from(String::from_utf8_lossy(rel).into_owned()),
         }
     }
 
-    fn lstat(p: &Path) -> Result<Option<Stat>> {
-        match sys::lstatat(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()) {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
-                Ok(None)
-            }
-            Err(e) => Err(Error::io(p, e)),
-        }
-    }
-
-    fn markers(&self, p: &Path) -> Result<Markers> {
-        let raw = sys::lget_all_xattrs(p).map_err(|e| Error::io(p, e))?;
-        Ok(split_xattrs(self.ns, raw).0)
-    }
-
-    fn is_whiteout(&self, p: &Path, st: &Stat) -> Result<bool> {
-        if is_whiteout_dev(st) {
-            return Ok(true);
-        }
-        if sys::file_type(st) == FileType::RegularFile && st.st_size == 0 {
-            return Ok(self.markers(p)?.whiteout);
-        }
-        Ok(false)
-    }
-
-    /// Overlay lookup of `rel` through layers `from..`: a whiteout or a non-dir stops the layers
-    /// below it; an opaque dir stops them after itself. Layer roots are never opaque (the kernel
-    /// ignores the marker there).
-    fn view(&self, rel: &[u8], from: usize) -> Result<LowerNode> {
-        let mut stack: Vec<(usize, PathBuf)> =
-            self.roots.iter().cloned().enumerate().skip(from).collect();
-        let comps: Vec<&[u8]> = rel
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        for (ci, comp) in comps.iter().enumerate() {
-            let last = ci + 1 == comps.len();
-            let mut next = Vec::new();
-            for (i, dir) in &stack {
-                let p = sys::join(dir.as_os_str().as_encoded_bytes(), comp);
-                let Some(st) = Self::lstat(&p)? else { continue };
-                if self.is_whiteout(&p, &st)? {
-                    break;
-                }
-                if sys::file_type(&st) == FileType::Directory {
-                    let opaque = self.markers(&p)?.is_opaque();
-                    next.push((*i, p));
-                    if opaque {
-                        break;
-                    }
-                } else {
-                    if next.is_empty() && last {
-                        return Ok(LowerNode::NonDir(*i, p, st));
-                    }
-                    break;
-                }
-            }
-            if next.is_empty() {
-                return Ok(LowerNode::Absent);
-            }
-            stack = next;
-        }
-        Ok(LowerNode::Dirs(stack))
+    fn view(&self, rel: &[u8], from: usize) -> Result<Found> {
+        self.view
+            .lookup_from(rel, from)
+            .map_err(|e| Error::io(self.at(from, rel), e))
     }
 
     fn has_dir(&self, rel: &[u8]) -> Result<bool> {
-        Ok(!self.roots.is_empty() && matches!(self.view(rel, 0)?, LowerNode::Dirs(_)))
+        Ok(!self.roots.is_empty() && matches!(self.view(rel, 0)?, Found::Dir { .. }))
     }
 
     /// The visible names in the merged lower dir at `rel`, sorted.
     fn merged_names(&self, rel: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let LowerNode::Dirs(stack) = self.view(rel, 0)? else {
-            return Ok(Vec::new());
-        };
-        let mut seen = BTreeSet::new();
-        let mut visible = BTreeSet::new();
-        for (_, dir) in &stack {
-            let fd = sys::open_dir(dir).map_err(|e| Error::io(dir, e))?;
-            for n in sys::read_dir_names(&fd).map_err(|e| Error::io(dir, e))? {
-                if !seen.insert(n.clone()) {
-                    continue;
-                }
-                let p = sys::join(dir.as_os_str().as_encoded_bytes(), &n);
-                let Some(st) = Self::lstat(&p)? else { continue };
-                if !self.is_whiteout(&p, &st)? {
-                    visible.insert(n);
-                }
-            }
-        }
-        Ok(visible.into_iter().collect())
+        self.view
+            .merged_names(rel)
+            .map_err(|e| Error::io(self.display(rel), e))
+    }
+
+    /// The dir holding `rel` in `layer`, and `rel`'s name in it.
+    fn parent(&self, layer: usize, rel: &[u8]) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let fd = self
+            .view
+            .open_parent(layer, rel)
+            .map_err(|e| Error::io(self.at(layer, rel), e))?;
+        Ok((Arc::new(fd), last(rel).to_vec()))
+    }
+
+    /// Markers and image xattrs of `rel` in `layer`.
+    fn xattrs(&self, layer: usize, rel: &[u8]) -> Result<(Markers, Xattrs)> {
+        let (dir, name) = self.parent(layer, rel)?;
+        let raw = sys::lget_all_xattrs_at(dir.as_fd(), &name)
+            .map_err(|e| Error::io(self.at(layer, rel), e))?;
+        Ok(split_xattrs(self.view.ns(), raw))
     }
 
     /// The regular file holding the data for `rel`, searching layers `from..`, following metacopy
-    /// chains (a lower that is itself a metacopy upper of an older mount).
-    fn data_of(&self, rel: &[u8], from: usize) -> Option<(PathBuf, Stat)> {
+    /// chains (a lower that is itself a metacopy upper of an older mount): where to read it, and
+    /// its path for messages.
+    fn data_of(&self, rel: &[u8], from: usize) -> Option<(FileRef, PathBuf)> {
         let mut rel = rel.to_vec();
         let mut from = from;
         for _ in 0..self.roots.len() + 1 {
             match self.view(&rel, from).ok()? {
-                LowerNode::NonDir(i, p, st) if sys::file_type(&st) == FileType::RegularFile => {
-                    let m = self.markers(&p).ok()?;
+                Found::Other { layer, st } if sys::file_type(&st) == FileType::RegularFile => {
+                    let (m, _) = self.xattrs(layer, &rel).ok()?;
                     if !m.metacopy {
-                        return Some((p, st));
+                        let (dir, name) = self.parent(layer, &rel).ok()?;
+                        let name = CString::new(name).ok()?;
+                        return Some((FileRef::At { dir, name }, self.at(layer, &rel)));
                     }
                     if let Some(r) = m.redirect {
                         rel = resolve_redirect(&r, parent_of(&rel));
                     }
-                    from = i + 1;
+                    from = layer + 1;
                 }
                 _ => return None,
             }
