@@ -106,8 +106,10 @@ def python_rows(path):
 
 # ----------------------------------------------------------------------------- GNU tar
 
+# The time is a date and a time of day, or (beyond what its calendar code handles) the raw number of
+# seconds alone.
 LINE = re.compile(r'^(?P<mode>\S{10})\*?\s+(?P<uid>-?\d+)/(?P<gid>-?\d+) +(?P<size>\S+) '
-                  r'(?P<date>\S+) (?P<time>\S+) +(?P<rest>".*)$')
+                  r'(?:(?P<date>\S+) (?P<time>\d\d:\S+)|(?P<secs>-?\d+)) +(?P<rest>".*)$')
 GNU_TYPES = {"-": "0", "d": "5", "l": "2", "h": "1", "c": "3", "b": "4", "p": "6", "C": "0"}
 
 
@@ -221,7 +223,8 @@ def gnu_rows(path):
         rows.append({
             "path": norm_name(name.hex()), "link": link.hex(), "type": t, "size": int(size),
             "mode": mode_bits(m["mode"]), "uid": int(m["uid"]), "gid": int(m["gid"]),
-            "mtime": gnu_time(m["date"], m["time"]), "devmajor": dev[0], "devminor": dev[1],
+            "mtime": (int(m["secs"]) if m["secs"] is not None else gnu_time(m["date"], m["time"])),
+            "devmajor": dev[0], "devminor": dev[1],
             "xattr_lens": {},
         })
         if clamped:

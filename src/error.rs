@@ -39,6 +39,9 @@ pub enum Rule {
     SymlinkLoop,
     /// A tar entry type that has no meaning in a layer (sparse, volume, ...).
     UnsupportedType,
+    /// An owner id Linux cannot hold (over 32 bits, or 4294967295, which chown(2) reads as "no
+    /// change").
+    IdRange,
     /// A path deeper than [`crate::entry::MAX_DEPTH`] components, as named or once resolved
     /// through symlinks.
     PathTooDeep,
@@ -78,6 +81,7 @@ impl std::fmt::Display for Rule {
             Rule::UnsupportedType => "unsupported entry type",
             Rule::XattrName => "invalid xattr",
             Rule::PathTooDeep => "path too deep",
+            Rule::IdRange => "owner id out of range",
             Rule::MarkerThroughSymlink => {
                 "a whiteout or opaque marker passes through a symlink of its own layer (ambiguous)"
             }

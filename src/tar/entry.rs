@@ -88,6 +88,11 @@ fn xattr_ok(name: &[u8], value: &[u8]) -> std::result::Result<(), String> {
     if name.contains(&0) {
         return Err(format!("NUL byte in xattr name {shown:?}"));
     }
+    // Linux takes them, but a newline in a name reads as a second record to anything that
+    // splits PAX headers or `getfattr`/`tar -tvv --xattrs` output by lines (`17 path=evil`).
+    if name.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(format!("control character in xattr name {shown:?}"));
+    }
     if !NAMESPACES
         .iter()
         .any(|ns| name.len() > ns.len() && name.starts_with(ns))
@@ -127,6 +132,16 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
     }
     for (name, value) in &te.xattrs {
         xattr_ok(name, value).map_err(|d| reject(Rule::XattrName, &d))?;
+    }
+    // Linux ids are 32 bits and chown(2) reads 4294967295 as "leave as is": GNU tar clamps
+    // larger ids (and fails), Go and Python keep them, an extraction would leave the file root's.
+    for (what, id) in [("uid", te.uid), ("gid", te.gid)] {
+        if id >= u64::from(u32::MAX) {
+            return Err(reject(
+                Rule::IdRange,
+                &format!("{what} {id}, Linux ids are at most 4294967294"),
+            ));
+        }
     }
     let meta = Meta {
         mode: te.mode & 0o7777,

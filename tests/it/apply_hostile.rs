@@ -307,6 +307,18 @@ const READERS: &[Case] = &[
         Confine(&[Opaque("lib"), File("lib/new", PW)]),
     ),
     same(
+        "uid_beyond_32_bits",
+        Reject(&["big_uid", "owner id out of range (uid 1099511627776"]),
+    ),
+    same(
+        "gid_minus_one",
+        Reject(&["gid_m1", "owner id out of range (gid 4294967295"]),
+    ),
+    same(
+        "xattr_name_newline",
+        Reject(&["xattr_nl", "control character in xattr name"]),
+    ),
+    same(
         "xattr_empty_name",
         Reject(&["xattr_empty", "empty xattr name"]),
     ),

@@ -307,6 +307,11 @@ case("whiteout_before_own_symlink", tar(D("d"), F("s/.wh.x", b""), L("s", "d")))
 # Through a lower layer's symlink (`lib -> usr/lib` in the base): one meaning, accepted.
 case("whiteout_through_lower_symlink", tar(F("lib/.wh.libc.so", b"")))
 case("opaque_through_lower_symlink", tar(F("lib/.wh..wh..opq", b""), F("lib/new")))
+# Owner ids Linux cannot hold: GNU tar clamps them (and fails), Go and Python keep them.
+case("uid_beyond_32_bits", tar(F("big_uid", uid=2**40)))
+case("gid_minus_one", tar(F("gid_m1", gid=4294967295)))
+# A newline in an xattr name: a line-based reader sees a second PAX record `17 path=evil.txt`.
+case("xattr_name_newline", tar(F("xattr_nl", pax={"SCHILY.xattr.user.a\n17 path": "evil.txt"})))
 case("xattr_empty_name", tar(F("xattr_empty", pax={"SCHILY.xattr.": "v"})))
 case("xattr_no_namespace", tar(F("xattr_nons", pax={"SCHILY.xattr.foo": "v"})))
 
