@@ -70,7 +70,7 @@ pub(crate) fn set(
         };
         match r {
             Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(1) | Some(95)) && n.starts_with(b"user.") => {
+            Err(e) if sys::xattr_refused(&e) && n.starts_with(b"user.") => {
                 warnings.push(format!(
                     "{}: xattr {} skipped: {e}",
                     show(path),

@@ -64,12 +64,7 @@ impl Cursor {
                     }
                     self.path.extend_from_slice(c);
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || matches!(e.raw_os_error(), Some(20) | Some(40)) =>
-                {
-                    return Ok(None)
-                }
+                Err(e) if sys::is_absent(&e) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }

@@ -133,13 +133,7 @@ impl Tree for LayerTree<'_, '_> {
                 self.next = Some(fd);
                 return Ok(Seen::Dir);
             }
-            Err(e)
-                if e.kind() != io::ErrorKind::NotFound
-                    && e.raw_os_error() != Some(20)
-                    && e.raw_os_error() != Some(40) =>
-            {
-                return Err(LayerWriter::io(path, e));
-            }
+            Err(e) if !sys::is_absent(&e) => return Err(LayerWriter::io(path, e)),
             Err(_) => {}
         }
         let st = match sys::lstatat(&*cur, name) {
@@ -239,7 +233,7 @@ impl LayerWriter {
             cache: None,
             buf: vec![0; 1 << 20],
             selinux_warned: false,
-            pool: FilePool::new(file_threads()),
+            pool: FilePool::new(FILE_THREADS),
         }
     }
 
@@ -899,13 +893,9 @@ impl Sink for LayerWriter {
     }
 }
 
-/// Worker threads per layer that finish small files (see `overlay::pool`).
-fn file_threads() -> usize {
-    std::env::var("LAYERKIT_FILE_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
-}
+/// Worker threads per layer that finish small files (see `overlay::pool`): two keep up with one
+/// tar stream (measured in issue 3's benchmarks); more only contend for the same directories.
+const FILE_THREADS: usize = 2;
 
 /// Read exactly `buf.len()` bytes of entry data; a short stream is a malformed tar.
 fn read_data(data: &mut dyn Read, buf: &mut [u8], path: &[u8]) -> Result<()> {

@@ -25,17 +25,12 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 
 /// `openat2(dir, path, O_DIRECTORY, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`: open a
 /// directory below `dir` in one syscall when no component is a symlink. `Ok(None)` when the kernel
-/// lacks openat2 (probed once, remembered) or `LAYERKIT_NO_OPENAT2=1` forces the caller's
-/// component-by-component walk, which handles symlinks and missing components itself. Errors such
+/// lacks openat2 (probed once, remembered): the caller's component-by-component walk, which
+/// handles symlinks and missing components itself, does the work. Errors such
 /// as `ENOENT`, `ENOTDIR` or `ELOOP` (a symlink on the way) tell the caller to take that walk.
 pub fn openat2_dir_beneath(dir: impl AsFd, path: &[u8]) -> io::Result<Option<OwnedFd>> {
-    match OPENAT2.load(Ordering::Relaxed) {
-        2 => return Ok(None),
-        0 if std::env::var_os("LAYERKIT_NO_OPENAT2").is_some_and(|v| v == "1") => {
-            OPENAT2.store(2, Ordering::Relaxed);
-            return Ok(None);
-        }
-        _ => {}
+    if OPENAT2.load(Ordering::Relaxed) == 2 {
+        return Ok(None);
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;

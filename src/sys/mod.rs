@@ -221,3 +221,22 @@ pub fn can_read_trusted_xattrs() -> bool {
         .unwrap_or(true);
     initial_ns && cap_eff & (1 << CAP_SYS_ADMIN) != 0
 }
+
+/// A lookup that never follows a link found nothing usable: ENOENT, ENOTDIR (a non-dir on the
+/// way) or ELOOP (a symlink where `O_NOFOLLOW | O_DIRECTORY` wanted a dir).
+pub fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(
+            rustix::io::Errno::from_io_error(e),
+            Some(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+        )
+}
+
+/// What a filesystem or node type answers to an xattr it does not take: EPERM (`user.*` on
+/// symlinks and devices) or EOPNOTSUPP.
+pub fn xattr_refused(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::PERM | rustix::io::Errno::OPNOTSUPP)
+    )
+}
