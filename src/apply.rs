@@ -295,11 +295,6 @@ pub fn unpack(
     })
 }
 
-/// Default worker count: the cores this process may use.
-pub fn default_jobs() -> usize {
-    crate::diff::default_jobs()
-}
-
 /// `lowerdir=` escaping: the kernel splits on `:` and takes `\` as an escape.
 pub fn escape_lowerdir(p: &str) -> String {
     p.replace('\\', "\\\\").replace(':', "\\:")

@@ -45,7 +45,7 @@ pub struct DiffReport {
     pub warnings: Vec<Warning>,
 }
 
-pub use crate::output::{default_jobs, name_output};
+pub use crate::output::name_output;
 
 /// Diff `upper` into `out`. `out` receives the (compressed) blob.
 pub fn diff<W: Write + Send + 'static>(

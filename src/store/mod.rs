@@ -25,11 +25,11 @@ use crossbeam_channel::unbounded;
 use sha2::{Digest as _, Sha256};
 
 use crate::apply::{
-    default_jobs, escape_lowerdir, unpack, ApplyOptions, ApplyReport, Digests, Input, LayerReport,
-    Source,
+    escape_lowerdir, unpack, ApplyOptions, ApplyReport, Digests, Input, LayerReport, Source,
 };
 use crate::digest::{self, chain_id};
 use crate::error::{Error, Result};
+use crate::output::default_jobs;
 use crate::overlay::lower::LowerView;
 use crate::overlay::write::LayerWriter;
 use crate::overlay::Namespace;
