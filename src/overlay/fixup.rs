@@ -117,8 +117,7 @@ impl LayerWriter {
                     let Some(dst) = own.goto(&p).map_err(|e| Self::io(&p, e))? else {
                         continue;
                     };
-                    let dst = dst.try_clone_to_owned().map_err(|e| Self::io(&p, e))?;
-                    self.copy_dir_attrs(src.as_fd(), &st, dst.as_fd(), &p)?;
+                    self.copy_dir_attrs(src.as_fd(), &st, dst, &p)?;
                 }
                 Found::Other { st, .. } if sys::file_type(&st) == FileType::Symlink => {
                     let Some(target) = view.resolve(&p, true)? else {
@@ -174,15 +173,18 @@ impl LayerWriter {
         }
         // Which of them the lowers have as dirs: parents first, so each lookup is one step
         // from the last.
-        let lower_dirs: BTreeSet<Key> = held
-            .iter()
-            .filter(|d| self.implied.contains(d.as_slice()) && !self.opaque.contains(d.as_slice()))
-            .map(|d| Ok((d, view.lookup(d).map_err(|e| Self::io(d, e))?)))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .filter(|(_, f)| matches!(f, Found::Dir { .. }))
-            .map(|(d, _)| d.clone())
-            .collect();
+        let mut lower_dirs: BTreeSet<Key> = BTreeSet::new();
+        for d in &held {
+            if self.implied.contains(d.as_slice())
+                && !self.opaque.contains(d.as_slice())
+                && matches!(
+                    view.lookup(d).map_err(|e| Self::io(d, e))?,
+                    Found::Dir { .. }
+                )
+            {
+                lower_dirs.insert(d.clone());
+            }
+        }
         // Implied dirs that held them and are empty now, deepest first (so that a dir emptied by
         // its children's removal goes too). A dir the layer made opaque stays: an opaque marker
         // for a missing dir makes it.

@@ -143,8 +143,11 @@ impl LowerView {
                 if seen.contains_key(&n) {
                     continue;
                 }
-                let Ok(st) = sys::lstatat(fd, &n) else {
-                    continue;
+                // Gone since the listing: not there.
+                let st = match sys::lstatat(fd, &n) {
+                    Ok(st) => st,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
                 };
                 let visible = !self.whiteout_at(fd, &n, &st)?;
                 seen.insert(n, visible);

@@ -443,7 +443,7 @@ impl Walker<'_> {
         match self.lowers.view(lrel, 0)? {
             Found::Absent => Ok(()),
             Found::Dir { layer, st } => {
-                let (_, xattrs) = self.lowers.xattrs(layer, lrel)?;
+                let (_, xattrs, _, _) = self.lowers.node(layer, lrel)?;
                 self.put(
                     Entry {
                         path: out.to_vec(),
@@ -460,7 +460,7 @@ impl Walker<'_> {
             }
             Found::Other { layer, st } => {
                 let p = self.lowers.at(layer, lrel);
-                let (markers, xattrs) = self.lowers.xattrs(layer, lrel)?;
+                let (markers, xattrs, dir, name) = self.lowers.node(layer, lrel)?;
                 let meta = meta_of(&st, xattrs);
                 let ft = sys::file_type(&st);
                 if ft == FileType::Socket {
@@ -499,7 +499,6 @@ impl Walker<'_> {
                                     )
                                 })?
                         } else {
-                            let (dir, name) = self.lowers.parent(layer, lrel)?;
                             let name = CString::new(name).map_err(|_| {
                                 Error::io(&p, std::io::ErrorKind::InvalidInput.into())
                             })?;
@@ -517,7 +516,6 @@ impl Walker<'_> {
                         );
                     }
                     _ => special_kind(&st, || {
-                        let (dir, name) = self.lowers.parent(layer, lrel)?;
                         sys::readlinkat(&*dir, &name).map_err(|e| Error::io(&p, e))
                     })?,
                 };
@@ -617,12 +615,13 @@ impl Lowers {
         Ok((Arc::new(fd), last(rel).to_vec()))
     }
 
-    /// Markers and image xattrs of `rel` in `layer`.
-    fn xattrs(&self, layer: usize, rel: &[u8]) -> Result<(Markers, Xattrs)> {
+    /// Markers and image xattrs of `rel` in `layer`, and the dir holding it (to read it through).
+    fn node(&self, layer: usize, rel: &[u8]) -> Result<(Markers, Xattrs, Arc<OwnedFd>, Vec<u8>)> {
         let (dir, name) = self.parent(layer, rel)?;
         let raw = sys::lget_all_xattrs_at(dir.as_fd(), &name)
             .map_err(|e| Error::io(self.at(layer, rel), e))?;
-        Ok(split_xattrs(self.view.ns(), raw))
+        let (m, x) = split_xattrs(self.view.ns(), raw);
+        Ok((m, x, dir, name))
     }
 
     /// The regular file holding the data for `rel`, searching layers `from..`, following metacopy
@@ -634,9 +633,8 @@ impl Lowers {
         for _ in 0..self.roots.len() + 1 {
             match self.view(&rel, from).ok()? {
                 Found::Other { layer, st } if sys::file_type(&st) == FileType::RegularFile => {
-                    let (m, _) = self.xattrs(layer, &rel).ok()?;
+                    let (m, _, dir, name) = self.node(layer, &rel).ok()?;
                     if !m.metacopy {
-                        let (dir, name) = self.parent(layer, &rel).ok()?;
                         let name = CString::new(name).ok()?;
                         return Some((FileRef::At { dir, name }, self.at(layer, &rel)));
                     }

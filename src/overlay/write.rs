@@ -171,12 +171,11 @@ impl Tree for LayerTree<'_, '_> {
     }
 
     fn up(&mut self, path: &[u8]) -> Result<()> {
-        let cur = self.here();
-        let parent = sys::openat_dir(&*cur, b"..").map_err(|e| LayerWriter::io(path, e))?;
         self.cur = if path.is_empty() {
             None
         } else {
-            Some(Arc::new(parent))
+            let up = sys::openat_dir(&*self.here(), b"..").map_err(|e| LayerWriter::io(path, e))?;
+            Some(Arc::new(up))
         };
         Ok(())
     }
