@@ -2530,13 +2530,21 @@ fn build_stack(raw: &[Vec<RawOp>], strict: bool) -> Stack {
         // A marker through a symlink of its own layer is refused by layerapply and squash
         // (`Rule::MarkerThroughSymlink`; see the hostile suite): dropped, with markers through a
         // lower symlink when the layer makes any symlink (it may point into one of them).
-        let own_links: BTreeSet<String> = layer
-            .iter()
-            .filter_map(|c| match c {
-                Change::Node(p, Kind::Symlink(_), _) => Some(p.clone()),
-                _ => None,
-            })
-            .collect();
+        // A hardlink to a symlink is a symlink too.
+        let mut own_links: BTreeSet<String> = BTreeSet::new();
+        for c in &layer {
+            match c {
+                Change::Node(p, Kind::Symlink(_), _) => {
+                    own_links.insert(p.clone());
+                }
+                Change::Link(p, t)
+                    if own_links.contains(t) || matches!(pre.kind(t), Some(Kind::Symlink(_))) =>
+                {
+                    own_links.insert(p.clone());
+                }
+                _ => {}
+            }
+        }
         if !own_links.is_empty() {
             layer.retain(|c| {
                 let dir = match c {
