@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use flate2::{Compress, FlushCompress, Status};
 
 /// A layer's compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// Plain tar.
     #[default]
@@ -140,7 +140,7 @@ const GZ_BLOCK: usize = 128 * 1024;
 const GZ_DICT: usize = 32 * 1024;
 
 /// A compressing writer; `finish` ends the stream and returns the inner writer.
-pub enum Encoder<W: Write + Send + 'static> {
+pub(crate) enum Encoder<W: Write + Send + 'static> {
     /// Pass-through.
     Plain(W),
     /// Parallel gzip.
@@ -225,7 +225,7 @@ struct Job {
 /// pigz-layout gzip: one member whose deflate stream is the concatenation of independently
 /// compressed blocks, each ended by a sync flush (the last by a final block), each primed with the
 /// previous 32 KiB. Any gzip reader sees one ordinary member.
-pub struct ParGz<W: Write> {
+pub(crate) struct ParGz<W: Write> {
     out: W,
     block: Vec<u8>,
     dict: Vec<u8>,

@@ -45,8 +45,6 @@ pub struct DiffReport {
     pub warnings: Vec<Warning>,
 }
 
-pub use crate::output::name_output;
-
 /// Diff `upper` into `out`. `out` receives the (compressed) blob.
 pub fn diff<W: Write + Send + 'static>(
     upper: &Path,

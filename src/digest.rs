@@ -6,12 +6,12 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 /// `sha256:<hex>`.
-pub fn format(hash: &[u8]) -> String {
+pub(crate) fn format(hash: &[u8]) -> String {
     format!("sha256:{}", hex::encode(hash))
 }
 
 /// A writer that hashes and counts what passes through it.
-pub struct HashWriter<W: Write> {
+pub(crate) struct HashWriter<W: Write> {
     inner: W,
     hasher: Option<Sha256>,
     count: u64,
@@ -64,7 +64,7 @@ impl<W: Write> Write for HashWriter<W> {
 
 /// A sha256 accumulator for the uncompressed stream (the diffID), fed chunk by chunk.
 #[derive(Default)]
-pub struct Hasher(Sha256);
+pub(crate) struct Hasher(Sha256);
 
 impl Hasher {
     /// Add bytes.

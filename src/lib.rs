@@ -15,26 +15,53 @@
 //! char 0/0 devices and `<ns>.overlay.opaque`; nothing else in the crate knows either.
 //!
 //! ```no_run
-//! use layerkit::diff::{diff_to_file, DiffOptions};
-//! use layerkit::compress::Compression;
+//! use layerkit::{diff_to_file, DiffOptions};
+//! use layerkit::Compression;
 //! let opts = DiffOptions { compression: Compression::Zstd, ..Default::default() };
 //! let report = diff_to_file("/var/lib/ovl/upper".as_ref(), "layer.tar.zst".as_ref(), &opts)?;
 //! println!("{} {}", report.descriptor.digest, report.descriptor.diff_id);
-//! # Ok::<(), layerkit::error::Error>(())
+//! # Ok::<(), layerkit::Error>(())
 //! ```
 
-pub mod apply;
+mod apply;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 pub mod compress;
-pub mod diff;
+mod diff;
 pub mod digest;
 pub mod entry;
 pub mod error;
-pub mod output;
-pub mod overlay;
+mod input;
+mod output;
+mod overlay;
 mod resolve;
-pub mod squash;
-pub mod staging;
-pub mod store;
+mod squash;
+mod staging;
+mod store;
 mod sys;
 pub mod tar;
+mod threads;
+mod unpack;
+
+pub use apply::apply_into;
+pub use compress::Compression;
+pub use diff::{diff, diff_to_file, DiffOptions, DiffReport};
+pub use digest::Descriptor;
+pub use error::{Error, Result, Rule};
+pub use input::{Input, Source};
+pub use output::BlobOptions;
+pub use overlay::walk::WalkOptions;
+pub use overlay::Namespace;
+pub use squash::{squash, squash_to_file, SquashOptions};
+pub use staging::remove_on_signals;
+pub use store::apply_store;
+pub use tar::write::WriteOptions;
+pub use unpack::{ApplyOptions, ApplyReport, LayerReport};
+
+/// Internals the fuzz targets (`fuzz/`) drive directly; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::squash::index::index;
+}

@@ -35,13 +35,6 @@ pub struct BlobOptions {
     pub skip_digests: bool,
 }
 
-/// Default worker count: the cores this process may use.
-pub fn default_jobs() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 /// A `Write` that hands each write as one chunk to the next stage. The producer gives it whole
 /// chunks (the tar writer buffers 1 MiB).
 pub struct ChunkSender(crossbeam_channel::Sender<Vec<u8>>);
@@ -82,7 +75,7 @@ where
     P: FnOnce(ChunkSender) -> Result<R> + Send,
 {
     let jobs = if opts.jobs == 0 {
-        default_jobs()
+        crate::threads::default_jobs()
     } else {
         opts.jobs
     };

@@ -13,12 +13,10 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use layerkit::apply::{apply_into, ApplyOptions, Input};
+use layerkit::{apply_into, ApplyOptions, Input};
 use layerkit::compress::{decoder, Compression};
 use layerkit::entry::{Entry, Kind, Sink as _};
-use layerkit::tar::entry::to_entry;
-use layerkit::tar::read::{Reader, TarEntry};
-use layerkit::tar::write::{TarWriter, WriteOptions};
+use layerkit::tar::{to_entry, Reader, TarEntry, TarWriter, WriteOptions};
 
 /// Largest amount of decompressed data a target reads from one input. Decompression bombs are
 /// legal layers (a layer may be gigabytes); past this the target stops reading, it is not a bug.
@@ -298,15 +296,15 @@ pub fn squash_index(data: &[u8]) {
     let spool = dir.join("spool");
     let _ = fs::create_dir(&spool);
     let input = Input::from_arg(&layer);
-    let mut opts = layerkit::squash::SquashOptions {
+    let mut opts = layerkit::SquashOptions {
         spool_dir: Some(spool.clone()),
         ..Default::default()
     };
     opts.blob.jobs = 1;
     opts.blob.skip_digests = true;
 
-    let idx = layerkit::squash::index::index(&input, &spool);
-    let one = layerkit::squash::squash(std::slice::from_ref(&input), Vec::new(), &opts);
+    let idx = layerkit::fuzzing::index(&input, &spool);
+    let one = layerkit::squash(std::slice::from_ref(&input), Vec::new(), &opts);
     if let (Err(e), Ok(_)) = (&idx, &one) {
         panic!("squash accepted a layer its indexer refuses: {e}");
     }
@@ -314,7 +312,7 @@ pub fn squash_index(data: &[u8]) {
     if let Ok((_, out)) = one {
         check_own_output(&out, "squash of one layer");
         opts.flatten = true;
-        let two = layerkit::squash::squash(&[input.clone(), input], Vec::new(), &opts);
+        let two = layerkit::squash(&[input.clone(), input], Vec::new(), &opts);
         if let Ok((_, out)) = two {
             check_own_output(&out, "flattened squash of the layer over itself");
         }
@@ -650,14 +648,14 @@ pub fn squash_apply(data: &[u8]) {
     }
     for flatten in [false, true] {
         let want = dump_tree(&a, flatten);
-        let mut sq = layerkit::squash::SquashOptions {
+        let mut sq = layerkit::SquashOptions {
             spool_dir: Some(dir.to_path_buf()),
             flatten,
             ..Default::default()
         };
         sq.blob.jobs = 1;
         sq.blob.skip_digests = true;
-        let out = match layerkit::squash::squash(&[Input::from_arg(&layer)], Vec::new(), &sq) {
+        let out = match layerkit::squash(&[Input::from_arg(&layer)], Vec::new(), &sq) {
             Ok((_, out)) => out,
             Err(e) => panic!("squash (flatten={flatten}) refused a layer apply accepts: {e}"),
         };

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::compress::Compression;
@@ -48,7 +49,7 @@ pub struct DiffArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Compression; default from the output's extension (.tar, .tar.gz/.tgz, .tar.zst/.tzst), none on stdout.
-    #[arg(short, long, value_enum)]
+    #[arg(short, long, value_parser = compression())]
     pub compression: Option<Compression>,
     /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
     #[arg(long, value_name = "N")]
@@ -118,7 +119,7 @@ pub struct SquashArgs {
     #[arg(short, long, value_name = "FILE", required = true)]
     pub output: PathBuf,
     /// Compression; default from the output's extension (.tar, .tar.gz/.tgz, .tar.zst/.tzst), none on stdout.
-    #[arg(short, long, value_enum)]
+    #[arg(short, long, value_parser = compression())]
     pub compression: Option<Compression>,
     /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
     #[arg(long, value_name = "N")]
@@ -132,4 +133,18 @@ pub struct SquashArgs {
     /// Worker threads: layers read at once, compression workers (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+}
+
+/// `-c none|gzip|zstd`: the library's [`Compression`] stays free of clap.
+fn compression() -> impl TypedValueParser<Value = Compression> {
+    PossibleValuesParser::new([
+        PossibleValue::new("none").help("Plain tar"),
+        PossibleValue::new("gzip").help("gzip (RFC 1952), written in parallel blocks like pigz"),
+        PossibleValue::new("zstd").help("zstd (RFC 8878)"),
+    ])
+    .map(|s| match s.as_str() {
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        _ => Compression::None,
+    })
 }

@@ -9,16 +9,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::apply::{apply_into, ApplyOptions, Input, Source};
+use crate::apply::apply_into;
 use crate::compress::Compression;
-use crate::diff::{diff, diff_to_file, name_output, DiffOptions, DiffReport};
+use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
-use crate::output::BlobOptions;
+use crate::input::{Input, Source};
+use crate::output::{name_output, BlobOptions};
 use crate::overlay::walk::WalkOptions;
 use crate::overlay::Namespace;
 use crate::squash::{squash, squash_to_file, SquashOptions};
 use crate::store::apply_store;
 use crate::tar::write::WriteOptions;
+use crate::unpack::ApplyOptions;
 
 pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli, SquashArgs};
 

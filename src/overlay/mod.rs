@@ -41,6 +41,12 @@ impl Namespace {
     }
 }
 
+/// A dir as one item of a `lowerdir=` mount option: the kernel splits the list on `:` and takes
+/// `\` as an escape (overlayfs.rst, "Multiple lower layers").
+pub fn escape_lowerdir(p: &str) -> String {
+    p.replace('\\', "\\\\").replace(':', "\\:")
+}
+
 /// Xattrs that are host state rather than image content: an SELinux label is assigned by the host's
 /// policy (osbuild#598 shows leaked labels breaking hosts), an NFSv4 ACL only means something on NFS.
 pub const HOST_ONLY_XATTRS: &[&[u8]] = &[b"security.selinux", b"system.nfs4_acl"];

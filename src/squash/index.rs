@@ -11,10 +11,10 @@ use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::apply::{Input, Source};
 use crate::compress::{decoder, Compression};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::input::{Input, Source};
 use crate::sys;
 use crate::tar::entry::to_entry;
 use crate::tar::read::Reader;

@@ -9,19 +9,20 @@
 //! Layers are read in parallel; the output is a function of the indexes alone, so the same input
 //! gives the same bytes at any `-j`.
 
-pub mod index;
-pub mod merge;
+pub(crate) mod index;
+mod merge;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::apply::Input;
 use crate::digest::Descriptor;
 use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
 use crate::error::{Error, Result};
-use crate::output::{default_jobs, stop_if_pipe, to_file, write_blob, BlobOptions};
+use crate::input::Input;
+use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::tar::write::{TarWriter, WriteOptions};
+use crate::threads::default_jobs;
 use index::{LayerIndex, Range};
 use merge::{Item, Merger};
 

@@ -44,13 +44,6 @@ pub fn is_link_name(s: &[u8]) -> bool {
             .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(b))
 }
 
-/// Whether `s` is a store id (64 lowercase hex chars).
-pub fn is_id(s: &[u8]) -> bool {
-    s.len() == 64
-        && s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-}
-
 /// The `lower` file of a layer whose parent has short name `parent_link` and `lower` file
 /// `parent_lower` (absent for the bottom layer).
 pub fn lower_file(parent_link: &str, parent_lower: Option<&str>) -> String {

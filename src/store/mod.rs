@@ -2,7 +2,7 @@
 //! (layout in [`layout`]), unpacked concurrently and committed bottom-up.
 //!
 //! ```text
-//! workers (-j): layer k -> staging/<run>/<k>/diff     (apply::unpack, all layers at once)
+//! workers (-j): layer k -> staging/<run>/<k>/diff     (unpack::unpack, all layers at once)
 //! main thread, k = 0, 1, ...: wait for k -> settle against the lowers (overlay::fixup)
 //!                             -> chainID -> lock; rename to <id>, link, l/SHORT; unlock
 //! ```
@@ -24,17 +24,16 @@ use std::sync::Arc;
 use crossbeam_channel::unbounded;
 use sha2::{Digest as _, Sha256};
 
-use crate::apply::{
-    escape_lowerdir, unpack, ApplyOptions, ApplyReport, Digests, Input, LayerReport, Source,
-};
 use crate::digest::{self, chain_id};
 use crate::error::{Error, Result};
-use crate::output::default_jobs;
+use crate::input::{Digests, Input, Source};
 use crate::overlay::lower::LowerView;
 use crate::overlay::write::LayerWriter;
-use crate::overlay::Namespace;
+use crate::overlay::{escape_lowerdir, Namespace};
 use crate::staging;
 use crate::sys;
+use crate::threads::default_jobs;
+use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
 
 const STATE: &[u8] = b".layerkit";
 

@@ -4,16 +4,20 @@
 //! (image-spec layer.md "Whiteouts"); the codec maps them to [`crate::entry::Kind::Whiteout`] and
 //! [`crate::entry::Kind::Opaque`] so nothing else in the crate knows these names.
 
-pub mod entry;
-pub mod read;
-pub mod write;
+pub(crate) mod entry;
+pub(crate) mod read;
+pub(crate) mod write;
+
+pub use entry::to_entry;
+pub use read::{Reader, TarEntry};
+pub use write::{TarWriter, WriteOptions};
 
 /// Prefix of a whiteout name; no real file in a layer may start with it.
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// Name of the opaque marker inside a directory.
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// PAX record prefix of an extended attribute (the form GNU tar, Go and libarchive read).
-pub const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+pub(crate) const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Size of a tar block.
-pub const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;

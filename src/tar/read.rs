@@ -75,7 +75,7 @@ pub struct TarEntry {
     /// bytes elsewhere would carry it to the members after it).
     pub global: bool,
     /// Its extension headers say nothing beyond what this struct states but a little that no
-    /// reader needs (at most [`MAX_DROPPED_COPY`] bytes, e.g. GNU tar's atime and ctime), no key
+    /// reader needs (at most 1 KiB, e.g. GNU tar's atime and ctime), no key
     /// twice, no global header: its raw bytes may be copied as they are.
     pub canonical: bool,
 }

@@ -590,7 +590,7 @@ fn fds_under(dir: &Path) -> Vec<PathBuf> {
 /// dir's fd (found by the `apply` fuzz target after ~650k runs, as EMFILE).
 #[test]
 fn library_calls_leave_no_descriptor_open() {
-    use layerkit::apply::{apply_into, ApplyOptions, Input};
+    use layerkit::{apply_into, ApplyOptions, Input};
     let tmp = scratch();
     let root = std::fs::canonicalize(tmp.path()).unwrap();
     let src = root.join("src");
@@ -609,10 +609,9 @@ fn library_calls_leave_no_descriptor_open() {
         std::fs::create_dir_all(&out).unwrap();
         apply_into(&out.join("layer"), &Input::from_arg(&layer), &opts).unwrap();
         apply_into(&out.join("bad"), &Input::from_arg(&bad), &opts).unwrap_err();
-        layerkit::store::apply_store(&out.join("store"), &[Input::from_arg(&layer)], &opts)
-            .unwrap();
-        layerkit::diff::diff_to_file(&src, &out.join("diff.tar"), &Default::default()).unwrap();
-        layerkit::squash::squash_to_file(
+        layerkit::apply_store(&out.join("store"), &[Input::from_arg(&layer)], &opts).unwrap();
+        layerkit::diff_to_file(&src, &out.join("diff.tar"), &Default::default()).unwrap();
+        layerkit::squash_to_file(
             &[Input::from_arg(&layer)],
             &out.join("squash.tar.gz"),
             &Default::default(),

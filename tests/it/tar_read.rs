@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use layerkit::tar::read::Reader;
+use layerkit::tar::Reader;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,243 @@
+//! Where layer bytes come from: a file or standard input, read to its end on a thread of its own,
+//! decompressed, with the digests of the blob and of the plain tar taken on the way.
+//!
+//! ```text
+//! reader thread: file/stdin -> sha256 (blob) -> gzip/zstd/none -> sha256 (diffID) ──1 MiB chunks──>
+//! caller's thread: whatever reads the plain tar (the apply jobs' tar reader)
+//! ```
+//! The channel is bounded, so memory stays a few MiB whatever the layer size, and decompression runs
+//! beside whatever consumes it. The stream is always read to its end, even past the tar's
+//! end-of-archive marker: the diffID covers every byte, and a gzip CRC or zstd checksum is only
+//! checked there.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use sha2::{Digest as _, Sha256};
+
+use crate::compress::{decoder, Compression};
+use crate::digest;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Where a layer's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file.
+    Path(PathBuf),
+    /// Standard input.
+    Stdin,
+}
+
+/// One layer argument.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// How the user named it (for messages and reports).
+    pub label: String,
+    /// Its bytes.
+    pub source: Source,
+}
+
+impl Input {
+    /// `-` is standard input, anything else a file.
+    pub fn from_arg(p: &Path) -> Input {
+        Input {
+            label: p.display().to_string(),
+            source: if p == Path::new("-") {
+                Source::Stdin
+            } else {
+                Source::Path(p.to_path_buf())
+            },
+        }
+    }
+
+    pub(crate) fn open(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(match &self.source {
+            Source::Stdin => Box::new(io::stdin()),
+            Source::Path(p) => {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                    .map_err(|_| Error::Usage(format!("{}: bad path", self.label)))?;
+                Box::new(
+                    sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(&self.label, e))?,
+                )
+            }
+        })
+    }
+}
+
+/// A layer's bytes as read: the digests of the blob and of the uncompressed tar.
+#[derive(Debug, Clone)]
+pub struct Digests {
+    /// sha256 of the bytes as given (compressed).
+    pub blob: String,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: String,
+}
+
+/// Hashes the blob as read. Switched off once the stream turns out to be uncompressed: then the
+/// blob digest is the diffID, and hashing the same bytes twice would cost a third of the run.
+struct HashRead<R> {
+    inner: R,
+    h: Sha256,
+    on: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for HashRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.on.load(Ordering::Relaxed) {
+            self.h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The consumer end of the decompressor's channel; spent chunks go back for reuse.
+struct Chunks {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    back: Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    let spent = std::mem::replace(&mut self.cur, c);
+                    if spent.capacity() > 0 {
+                        let _ = self.back.try_send(spent);
+                    }
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Read `input` decompressed: `consume` gets the plain tar bytes while a thread of its own reads
+/// and decompresses them; after `consume` returns, the rest of the stream is read too (record
+/// padding counts for the diffID, and the compressed formats check their CRC / checksum only at
+/// the end). Digests are computed (and returned) only when `hash` is set.
+pub(crate) fn read_plain<T>(
+    input: &Input,
+    hash: bool,
+    consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<(T, Option<Digests>)> {
+    let label = input.label.as_str();
+    let src = input.open()?;
+    let (tx, rx) = bounded::<io::Result<Vec<u8>>>(8);
+    let (back, spare) = bounded::<Vec<u8>>(16);
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || decode(src, hash, tx, &spare));
+        let mut chunks = Chunks {
+            rx,
+            back,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let result = consume(&mut chunks).and_then(|t| {
+            io::copy(&mut chunks, &mut io::sink()).map_err(|e| Error::io(label, e))?;
+            Ok(t)
+        });
+        // On failure, stop the reader: dropping the receiver makes its sends fail.
+        drop(chunks);
+        let digests = reader.join().expect("reader thread panicked");
+        result.map(|t| (t, digests))
+    })
+}
+
+/// The reader thread: `src` -> blob hash -> decompressor -> diffID hash -> chunks on `tx`.
+fn decode(
+    src: Box<dyn Read + Send>,
+    hash: bool,
+    tx: Sender<io::Result<Vec<u8>>>,
+    spare: &Receiver<Vec<u8>>,
+) -> Option<Digests> {
+    let on = Arc::new(AtomicBool::new(hash));
+    let mut raw = HashRead {
+        inner: src,
+        h: Sha256::new(),
+        on: on.clone(),
+    };
+    let mut plain = false;
+    let mut diff = Sha256::new();
+    let fail = |e: io::Error| {
+        let _ = tx.send(Err(e));
+    };
+    match decoder(&mut raw) {
+        Err(e) => fail(e),
+        Ok((kind, mut d)) => loop {
+            if kind == Compression::None {
+                on.store(false, Ordering::Relaxed);
+                plain = true;
+            }
+            let mut chunk = spare.try_recv().unwrap_or_default();
+            chunk.resize(1 << 20, 0);
+            let mut n = 0;
+            // Fill whole chunks: fewer, larger handoffs.
+            let res = loop {
+                match d.read(&mut chunk[n..]) {
+                    Ok(0) => break Ok(true),
+                    Ok(k) => {
+                        n += k;
+                        if n == chunk.len() {
+                            break Ok(false);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            chunk.truncate(n);
+            if hash {
+                diff.update(&chunk);
+            }
+            match res {
+                Ok(eof) => {
+                    if n > 0 && tx.send(Ok(chunk)).is_err() {
+                        break;
+                    }
+                    if eof {
+                        break;
+                    }
+                }
+                Err(e) if kind == Compression::None => {
+                    fail(e);
+                    break;
+                }
+                Err(e) => {
+                    fail(io::Error::new(
+                        e.kind(),
+                        format!("corrupt {} stream: {e}", kind.name()),
+                    ));
+                    break;
+                }
+            }
+        },
+    }
+    // End of stream for the consumer before the digests are finished.
+    drop(tx);
+    if !hash {
+        return None;
+    }
+    let diff_id = digest::format(&diff.finalize());
+    Some(Digests {
+        blob: if plain {
+            diff_id.clone()
+        } else {
+            digest::format(&raw.h.finalize())
+        },
+        diff_id,
+    })
+}
