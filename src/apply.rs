@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::overlay::escape_lowerdir;
-use crate::overlay::write::LayerWriter;
+use crate::overlay::write::{Layer, Standalone};
 use crate::staging;
 use crate::sys;
 use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
@@ -63,14 +63,10 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
     let (tmp, root) = staging::directory(parent, &name, 0o700).map_err(|e| Error::io(dir, e))?;
     // The writer gets a duplicate: the original fd keeps the temporary dir locked until it is
     // published, whatever the writer closes.
-    let mut w = LayerWriter::new(
-        root.try_clone().map_err(|e| Error::io(dir, e))?,
-        opts.ns,
-        false,
-    );
+    let mut w = Layer::<Standalone>::new(root.try_clone().map_err(|e| Error::io(dir, e))?, opts.ns);
     let d = unpack(input, &mut w, &AtomicBool::new(false), !opts.skip_digests)
         .map_err(|e| e.in_layer(&input.label))?;
-    let warnings = w.finish().map_err(|e| e.in_layer(&input.label))?;
+    let warnings = (|| w.finish()?.standalone()?.seal())().map_err(|e| e.in_layer(&input.label))?;
     tmp.publish(&name).map_err(|e| Error::io(dir, e))?;
     drop(root);
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());

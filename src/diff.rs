@@ -17,7 +17,7 @@ use crate::digest::Descriptor;
 use crate::entry::Sink;
 use crate::error::{Error, Result};
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions, OUTPUT};
-use crate::overlay::walk::{walk, FileRef, Item, WalkOptions, Warning};
+use crate::overlay::read::upper::{walk, FileRef, Item, WalkOptions, Warning};
 use crate::sys;
 use crate::tar::write::{TarWriter, WriteOptions};
 

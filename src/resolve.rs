@@ -10,7 +10,9 @@
 
 use std::collections::VecDeque;
 
-use crate::entry::MAX_LINKS;
+use crate::entry::{MAX_DEPTH, MAX_LINKS};
+use crate::error::{Error, Rule};
+use crate::path::show;
 
 /// What a tree has at a name.
 pub(crate) enum Seen {
@@ -154,4 +156,13 @@ pub(crate) fn joined(path: &[u8], more: &[Vec<u8>]) -> Vec<u8> {
         v.extend_from_slice(c);
     }
     v
+}
+
+/// `entry` resolves (through symlinks) to more than [`MAX_DEPTH`] components.
+pub(crate) fn too_deep(entry: &[u8]) -> Error {
+    Error::rejected(
+        show(entry),
+        Rule::PathTooDeep,
+        format!("its parent resolves through symlinks to more than {MAX_DEPTH} components"),
+    )
 }

@@ -14,7 +14,6 @@ use serde::Serialize;
 use crate::entry::{Kind, Sink};
 use crate::error::{Error, Result};
 use crate::input::{read_plain, Digests, Input};
-use crate::overlay::write::LayerWriter;
 use crate::overlay::Namespace;
 use crate::tar::entry::to_entry;
 use crate::tar::read::Reader;
@@ -60,11 +59,11 @@ pub struct ApplyReport {
     pub warnings: Vec<String>,
 }
 
-/// Unpack `input` through `writer`. `stop` is polled between entries (another layer failed).
+/// Unpack `input` into `writer` (a layer being written). `stop` is polled between entries (another layer failed).
 /// Digests are computed (and returned) only when `hash` is set.
 pub(crate) fn unpack(
     input: &Input,
-    writer: &mut LayerWriter,
+    writer: &mut dyn Sink,
     stop: &AtomicBool,
     hash: bool,
 ) -> Result<Option<Digests>> {

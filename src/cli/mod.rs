@@ -15,7 +15,7 @@ use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
 use crate::input::{Input, Source};
 use crate::output::{name_output, BlobOptions};
-use crate::overlay::walk::WalkOptions;
+use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
 use crate::squash::{squash, squash_to_file, SquashOptions};
 use crate::store::apply_store;

@@ -2,16 +2,11 @@
 //! kernel, and how an image's own `<ns>.overlay.*` xattrs are escaped (overlayfs.rst, "Nesting overlayfs
 //! mounts"; kernel `fs/overlayfs/util.c` `ovl_xattr_table`).
 
-mod attrs;
-mod cursor;
-mod fixup;
-mod key;
-pub mod lower;
-mod pool;
-pub mod walk;
-pub mod write;
+pub(crate) mod read;
+pub(crate) mod write;
 
 use crate::entry::Xattrs;
+use crate::sys::{self, FileType};
 
 /// The namespace of the overlay-private xattrs: `trusted.overlay.*` for ordinary mounts,
 /// `user.overlay.*` for `userxattr` (rootless) mounts. The other namespace is plain image data.
@@ -39,6 +34,11 @@ impl Namespace {
         v.extend_from_slice(suffix.as_bytes());
         v
     }
+}
+
+/// A whiteout on disk: a char device 0/0, whatever its mode, owner or link count.
+pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
+    sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
 /// A dir as one item of a `lowerdir=` mount option: the kernel splits the list on `:` and takes

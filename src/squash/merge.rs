@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 
 use crate::entry::{Entry, Kind, Meta, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
+use crate::path::show;
 use crate::resolve::{
     joined as join_rest, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree,
 };
 use crate::squash::index::LayerIndex;
-use crate::tar::entry::show;
 
 /// A member of a layer: (layer, member) indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,8 +27,8 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{self, chain_id};
 use crate::error::{Error, Result};
 use crate::input::{Digests, Input, Source};
-use crate::overlay::lower::LowerView;
-use crate::overlay::write::LayerWriter;
+use crate::overlay::read::lower::LowerView;
+use crate::overlay::write::{Layer, Stacked, Unsettled};
 use crate::overlay::{escape_lowerdir, Namespace};
 use crate::staging;
 use crate::sys;
@@ -346,7 +346,7 @@ fn precheck(store: &Store, inputs: &[Input]) -> Vec<Option<String>> {
     out
 }
 
-type Unpacked = (usize, Result<(LayerWriter, Digests)>);
+type Unpacked = (usize, Result<(Unsettled<Stacked>, Digests)>);
 
 /// Unpack `inputs` (bottom first) into the store at `path`.
 pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result<ApplyReport> {
@@ -427,9 +427,9 @@ fn run_stack(
                     continue;
                 }
                 let root = roots.lock().expect("poisoned").remove(&k).expect("staged");
-                let mut w = LayerWriter::new(root, opts.ns, true);
+                let mut w = Layer::<Stacked>::new(root, opts.ns);
                 let r = unpack(&inputs[k], &mut w, stop, true)
-                    .map(|d| (w, d.expect("hashed when asked")));
+                    .and_then(|d| Ok((w.finish()?, d.expect("hashed when asked"))));
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -455,7 +455,7 @@ fn commit_in_order(
     reused: &[Option<String>],
     rx: &crossbeam_channel::Receiver<Unpacked>,
 ) -> Result<ApplyReport> {
-    let mut done: HashMap<usize, Result<(LayerWriter, Digests)>> = HashMap::new();
+    let mut done: HashMap<usize, Result<(Unsettled<Stacked>, Digests)>> = HashMap::new();
     let mut lowers: Vec<OwnedFd> = Vec::new();
     let mut diff_ids: Vec<String> = Vec::new();
     let mut parent: Option<(String, Option<String>)> = None;
@@ -477,7 +477,7 @@ fn commit_in_order(
                     Err(_) => return Err(Error::Stopped),
                 }
             };
-            let (mut w, d) = match got {
+            let (w, d) = match got {
                 Ok(x) => x,
                 Err(e) => return Err(stack_error(k, e, done, rx, inputs)),
             };
@@ -490,9 +490,9 @@ fn commit_in_order(
                     .map_err(|e| Error::io(&store.path, e))?,
                 opts.ns,
             );
-            w.fix_against(&view).map_err(|e| e.in_layer(label))?;
+            let sealed = w.settle(&view).and_then(|s| s.seal());
             warnings.extend(
-                w.finish()
+                sealed
                     .map_err(|e| e.in_layer(label))?
                     .into_iter()
                     .map(|m| format!("{label}: {m}")),
@@ -538,7 +538,7 @@ fn commit_in_order(
 fn stack_error(
     k: usize,
     err: Error,
-    mut done: HashMap<usize, Result<(LayerWriter, Digests)>>,
+    mut done: HashMap<usize, Result<(Unsettled<Stacked>, Digests)>>,
     rx: &crossbeam_channel::Receiver<Unpacked>,
     inputs: &[Input],
 ) -> Error {

@@ -1,8 +1,9 @@
 //! Tar members -> changeset entries: name cleaning, whiteout names, type checks. Pure; every refusal
 //! names the member and the rule (image-spec layer.md; semantics.md A2, A3, D).
 
-use crate::entry::{Entry, Kind, Meta, MAX_DEPTH};
+use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
+use crate::path::{check_depth, join, show};
 use crate::sys::dev_fits;
 use crate::tar::read::TarEntry;
 use crate::tar::{OPAQUE_MARKER, WHITEOUT_PREFIX};
@@ -28,52 +29,6 @@ pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
         }
     }
     Ok(out)
-}
-
-/// At most [`MAX_DEPTH`] components (checked when a member is read, before anything acts on it).
-pub fn check_depth(path: &[u8]) -> std::result::Result<(), String> {
-    let n = depth(path);
-    if n > MAX_DEPTH {
-        return Err(format!("{n} components, at most {MAX_DEPTH}"));
-    }
-    Ok(())
-}
-
-/// The number of components of a clean path ("" = the root, 0).
-pub fn depth(path: &[u8]) -> usize {
-    if path.is_empty() {
-        0
-    } else {
-        1 + path.iter().filter(|&&b| b == b'/').count()
-    }
-}
-
-/// Lossy text of a path for messages (`.` for the root). A path of more than 1 KiB keeps its
-/// first and last 256 bytes around the count of those left out, so an error about a deep path is
-/// still one readable line.
-pub fn show(p: &[u8]) -> String {
-    const KEEP: usize = 256;
-    if p.is_empty() {
-        ".".into()
-    } else if p.len() > 4 * KEEP {
-        format!(
-            "{}[...{} bytes...]{}",
-            String::from_utf8_lossy(&p[..KEEP]),
-            p.len() - 2 * KEEP,
-            String::from_utf8_lossy(&p[p.len() - KEEP..])
-        )
-    } else {
-        String::from_utf8_lossy(p).into_owned()
-    }
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = dir.to_vec();
-    if !v.is_empty() {
-        v.push(b'/');
-    }
-    v.extend_from_slice(name);
-    v
 }
 
 /// Whether Linux can hold this xattr (xattr(7): a namespace prefix, a name of at most 255 bytes

@@ -242,7 +242,7 @@ impl<R: Read> Reader<R> {
     fn bad_entry(&self, path: &[u8], rule: Rule, detail: &str) -> Error {
         Error::Layer {
             layer: self.label.clone(),
-            source: Box::new(Error::rejected(crate::tar::entry::show(path), rule, detail)),
+            source: Box::new(Error::rejected(crate::path::show(path), rule, detail)),
         }
     }
 

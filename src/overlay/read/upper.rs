@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
-use crate::overlay::lower::{last, Found, LowerView};
+use crate::overlay::read::lower::{last, Found, LowerView};
 use crate::overlay::{split_xattrs, Markers, Namespace};
 use crate::sys::{self, FileType, Stat};
 use crate::tar::WHITEOUT_PREFIX;
@@ -273,7 +273,7 @@ impl Walker<'_> {
     fn child(&mut self, parent: &Arc<OwnedFd>, rel: &[u8], ctx: &Ctx, c: Child) -> Result<()> {
         let path = join(rel, &c.name);
         // What layerapply and squash refuse is not made (and the walk holds one fd per level).
-        crate::tar::entry::check_depth(&path)
+        crate::path::check_depth(&path)
             .map_err(|d| Error::rejected(self.upper_path(&path), Rule::PathTooDeep, d))?;
         let lower_path = ctx.lower.as_ref().map(|l| join(l, &c.name));
         let ft = sys::file_type(&c.st);

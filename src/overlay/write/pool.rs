@@ -18,8 +18,8 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::entry::Meta;
 use crate::error::{Error, Result};
-use crate::overlay::attrs;
-use crate::tar::entry::show;
+use crate::overlay::write::attrs;
+use crate::path::show;
 
 /// Files at most this large are finished by the pool; larger ones are streamed by the caller.
 pub(crate) const SMALL: u64 = 256 * 1024;

@@ -40,7 +40,7 @@ impl Cursor {
     /// non-dir or a symlink on the way).
     pub(crate) fn goto(&mut self, target: &[u8]) -> io::Result<Option<BorrowedFd<'_>>> {
         // Climb until `path` is `target` or an ancestor of it.
-        while !crate::overlay::write::is_within(target, &self.path) {
+        while !crate::path::is_within(target, &self.path) {
             let l = self
                 .lens
                 .pop()

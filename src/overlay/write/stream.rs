@@ -23,14 +23,15 @@ use std::sync::Arc;
 
 use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
-use crate::overlay::attrs;
-use crate::overlay::cursor::Cursor;
-use crate::overlay::key::{ancestor_in, within, within_set, Key, Waiting};
-use crate::overlay::pool::{FilePool, Job, SMALL};
+use crate::overlay::is_whiteout;
+use crate::overlay::write::attrs;
+use crate::overlay::write::cursor::Cursor;
+use crate::overlay::write::key::{ancestor_in, within, within_set, Key, Waiting};
+use crate::overlay::write::pool::{FilePool, Job, SMALL};
 use crate::overlay::Namespace;
+use crate::path::{join, show, split};
 use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
 use crate::sys::{self, FileType, Node};
-use crate::tar::entry::show;
 
 /// How a parent path is being resolved.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub(crate) struct Parent {
 }
 
 /// Writes one layer. See the module docs.
-pub struct LayerWriter {
+pub(crate) struct LayerWriter {
     pub(crate) root: Arc<OwnedFd>,
     pub(crate) ns: Namespace,
     /// Lowers will be known later (`--store`): defer what needs them instead of refusing.
@@ -79,32 +80,6 @@ pub struct LayerWriter {
     buf: Vec<u8>,
     selinux_warned: bool,
     pool: FilePool,
-}
-
-pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&path[..0], path),
-    }
-}
-
-pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
-    v.extend_from_slice(dir);
-    if !v.is_empty() {
-        v.push(b'/');
-    }
-    v.extend_from_slice(name);
-    v
-}
-
-/// `p` is `base` or below it.
-pub(crate) fn is_within(p: &[u8], base: &[u8]) -> bool {
-    base.is_empty() || p == base || (p.starts_with(base) && p.get(base.len()) == Some(&b'/'))
-}
-
-pub(crate) fn is_whiteout(st: &sys::Stat) -> bool {
-    sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
 
 /// The layer dir being written, as the resolver sees it: one open dir (`None`: the root).
@@ -185,15 +160,6 @@ impl Tree for LayerTree<'_, '_> {
     }
 }
 
-/// `entry` resolves (through symlinks) to more than [`MAX_DEPTH`] components.
-pub(crate) fn too_deep(entry: &[u8]) -> Error {
-    Error::rejected(
-        show(entry),
-        Rule::PathTooDeep,
-        format!("its parent resolves through symlinks to more than {MAX_DEPTH} components"),
-    )
-}
-
 /// `entry` (a marker, by the path it deletes) passes through a symlink of its own layer. Named as
 /// the tar names it.
 fn through_symlink(entry: &[u8], purpose: Purpose, detail: String) -> Error {
@@ -213,8 +179,8 @@ fn exists(e: &io::Error) -> bool {
 
 impl LayerWriter {
     /// A writer into the empty directory `root`. With `deferred`, what needs the lower layers is
-    /// recorded for [`LayerWriter::fix_against`](crate::overlay::fixup); without, it is refused.
-    pub fn new(root: OwnedFd, ns: Namespace, deferred: bool) -> Self {
+    /// recorded for [`LayerWriter::fix_against`](crate::overlay::write::settle); without, it is refused.
+    pub(crate) fn new(root: OwnedFd, ns: Namespace, deferred: bool) -> Self {
         let mut dir_times = BTreeMap::new();
         dir_times.insert(Key::from(Vec::new()), (0, 0));
         LayerWriter {
@@ -331,7 +297,7 @@ impl LayerWriter {
             Outcome::Loop { path } => {
                 return Err(Error::rejected(show(entry), Rule::SymlinkLoop, show(&path)))
             }
-            Outcome::TooDeep => return Err(too_deep(entry)),
+            Outcome::TooDeep => return Err(crate::resolve::too_deep(entry)),
         };
         if !missing.is_empty() {
             // One buffer for the whole chain: each implied dir's key is a prefix of it, so a
@@ -838,7 +804,7 @@ impl LayerWriter {
 
     /// Set every directory's time, last, so that creating children cannot disturb them; default
     /// attributes for a root the tar did not describe.
-    pub fn finish(mut self) -> Result<Vec<String>> {
+    pub(crate) fn seal(mut self) -> Result<Vec<String>> {
         self.drain()?;
         if !self.root_explicit {
             let root = self.root.clone();

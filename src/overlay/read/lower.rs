@@ -9,11 +9,11 @@ use std::sync::Mutex;
 
 use crate::entry::MAX_DEPTH;
 use crate::error::{Error, Result, Rule};
-use crate::overlay::write::is_within;
 use crate::overlay::Namespace;
+use crate::path::is_within;
+use crate::path::show;
 use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
 use crate::sys::{self, FileType, Stat};
-use crate::tar::entry::show;
 
 /// The merged view as the resolver sees it: lookups by path (the memo makes each one step).
 struct MergedTree<'v>(&'v LowerView);
@@ -260,7 +260,7 @@ impl LowerView {
             Outcome::Loop { path: here } => {
                 Err(Error::rejected(show(path), Rule::SymlinkLoop, show(&here)))
             }
-            Outcome::TooDeep => Err(crate::overlay::write::too_deep(path)),
+            Outcome::TooDeep => Err(crate::resolve::too_deep(path)),
         }
     }
 

@@ -8,8 +8,8 @@ use std::os::fd::BorrowedFd;
 
 use crate::entry::{Meta, Xattrs};
 use crate::error::{Error, Result};
+use crate::path::show;
 use crate::sys;
-use crate::tar::entry::show;
 
 /// The node to set.
 #[derive(Clone, Copy)]

@@ -14,17 +14,19 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::{Error, Result, Rule};
-use crate::overlay::attrs;
-use crate::overlay::cursor::Cursor;
-use crate::overlay::key::Key;
-use crate::overlay::lower::{last, Found, LowerView};
-use crate::overlay::write::{is_whiteout, is_within, join, split, LayerWriter, Purpose};
+use crate::overlay::is_whiteout;
+use crate::overlay::read::lower::{last, Found, LowerView};
+use crate::overlay::write::attrs;
+use crate::overlay::write::cursor::Cursor;
+use crate::overlay::write::key::Key;
+use crate::overlay::write::stream::{LayerWriter, Purpose};
+use crate::path::show;
+use crate::path::{is_within, join, split};
 use crate::sys::{self, FileType, Node, Stat};
-use crate::tar::entry::show;
 
 impl LayerWriter {
     /// Settle everything that depends on the lower layers (`view`, topmost first).
-    pub fn fix_against(&mut self, view: &LowerView) -> Result<()> {
+    pub(crate) fn settle(&mut self, view: &LowerView) -> Result<()> {
         self.drain()?;
         if self.root_opaque {
             self.opaque_root(view)?;

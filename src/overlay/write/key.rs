@@ -95,7 +95,7 @@ where
     map.range::<[u8], _>((Bound::Included(path), Bound::Unbounded))
         .map(|(k, _)| k)
         .take_while(|k| <K as Borrow<[u8]>>::borrow(k).starts_with(path))
-        .filter(|k| crate::overlay::write::is_within(<K as Borrow<[u8]>>::borrow(k), path))
+        .filter(|k| crate::path::is_within(<K as Borrow<[u8]>>::borrow(k), path))
         .cloned()
         .collect()
 }
@@ -108,7 +108,7 @@ where
     use std::ops::Bound;
     set.range::<[u8], _>((Bound::Included(path), Bound::Unbounded))
         .take_while(|k| <K as Borrow<[u8]>>::borrow(k).starts_with(path))
-        .filter(|k| crate::overlay::write::is_within(<K as Borrow<[u8]>>::borrow(k), path))
+        .filter(|k| crate::path::is_within(<K as Borrow<[u8]>>::borrow(k), path))
         .cloned()
         .collect()
 }
@@ -186,7 +186,7 @@ pub(crate) fn ancestor_in(set: &std::collections::BTreeSet<Vec<u8>>, path: &[u8]
         else {
             return false;
         };
-        if crate::overlay::write::is_within(p, o) {
+        if crate::path::is_within(p, o) {
             return true;
         }
         // A member ancestor `a` of `p` sorts at or before `o`, so it is a prefix of `p[..lcp]`
@@ -209,8 +209,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn naive(set: &BTreeSet<Vec<u8>>, path: &[u8]) -> bool {
-        set.iter()
-            .any(|o| crate::overlay::write::is_within(path, o))
+        set.iter().any(|o| crate::path::is_within(path, o))
     }
 
     /// Against the obvious definition, over every path and set drawn from a small alphabet
