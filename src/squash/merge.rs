@@ -33,9 +33,9 @@ pub struct MRef {
     pub member: usize,
 }
 
-/// One unit of output.
+/// One step of the output plan (what [`Merger::run`] returns, in output order).
 #[derive(Debug, Clone)]
-pub enum Item {
+pub enum Step {
     /// Bytes `start..end` of a layer's uncompressed tar, copied as they are.
     Raw {
         /// Layer index.
@@ -233,7 +233,7 @@ impl<'a> Merger<'a> {
     }
 
     /// Fold every layer.
-    pub fn run(mut self) -> Result<Vec<Item>> {
+    pub fn run(mut self) -> Result<Vec<Step>> {
         for layer in 0..self.layers.len() {
             self.layer(layer)?;
         }
@@ -654,14 +654,14 @@ impl<'a> Merger<'a> {
         Ok(())
     }
 
-    fn plan(&self) -> Vec<Item> {
+    fn plan(&self) -> Vec<Step> {
         let mut slots = Vec::new();
         if let State::Dir { header, fresh, .. } = self.root.state {
             if let Header::Member(m, _) = header {
-                slots.push(Slot::Item(self.dir_item(m, &[])));
+                slots.push(Slot::Step(self.dir_step(m, &[])));
             }
             if fresh && !self.flatten {
-                slots.push(Slot::Item(marker(Vec::new(), Kind::Opaque)));
+                slots.push(Slot::Step(marker(Vec::new(), Kind::Opaque)));
             }
             let fresh_above = fresh || self.flatten;
             self.walk(
@@ -675,17 +675,17 @@ impl<'a> Merger<'a> {
         self.place_names(slots)
     }
 
-    fn dir_item(&self, m: MRef, path: &[Vec<u8>]) -> Item {
+    fn dir_step(&self, m: MRef, path: &[Vec<u8>]) -> Step {
         let mem = &self.layers[m.layer].members[m.member];
         let p = joined(path);
         if mem.copyable && mem.entry.path == p {
-            Item::Raw {
+            Step::Raw {
                 layer: m.layer,
                 start: mem.start,
                 end: mem.end,
             }
         } else {
-            Item::Entry {
+            Step::Entry {
                 entry: Entry {
                     path: p,
                     kind: Kind::Dir,
@@ -718,14 +718,14 @@ impl<'a> Merger<'a> {
             };
             if gone && !fresh_above {
                 path.push(name.clone());
-                out.push(Slot::Item(marker(joined(path), Kind::Whiteout)));
+                out.push(Slot::Step(marker(joined(path), Kind::Whiteout)));
                 path.pop();
             }
         }
         for (name, kid) in &node.kids {
             path.push(name.clone());
             if matches!(kid.state, State::Pass | State::Dir { .. }) {
-                out.push(Slot::Item(Item::Enter(name.clone())));
+                out.push(Slot::Step(Step::Enter(name.clone())));
             }
             match kid.state {
                 State::Whiteout => {}
@@ -733,7 +733,7 @@ impl<'a> Merger<'a> {
                     // Under a fresh dir the stack made this dir (as a parent), and it stays even
                     // when what it held is gone; elsewhere it is the base's, if anything.
                     if fresh_above {
-                        out.push(Slot::Item(Item::SynthDir));
+                        out.push(Slot::Step(Step::SynthDir));
                     }
                     self.walk(kid, path, fresh_above, sure_from, out);
                 }
@@ -747,24 +747,24 @@ impl<'a> Merger<'a> {
                     // surely exists and is fresh when the marker acts: then nothing can stop it.
                     let written = match header {
                         Header::Member(m, since) => {
-                            out.push(Slot::Item(self.dir_item(m, path)));
+                            out.push(Slot::Step(self.dir_step(m, path)));
                             Some(since + 1)
                         }
                         Header::Synth(l) => {
-                            out.push(Slot::Item(Item::SynthDir));
+                            out.push(Slot::Step(Step::SynthDir));
                             Some(l + 1)
                         }
                         Header::Implied(l)
                             if self.flatten || fresh_above && sure_from.is_some_and(|f| l >= f) =>
                         {
-                            out.push(Slot::Item(Item::SynthDir));
+                            out.push(Slot::Step(Step::SynthDir));
                             sure_from
                         }
                         Header::Implied(_) => None,
                     };
                     // A replaced dir with a header hides the base's entry by its whiteout.
                     if fresh && !self.flatten && (written.is_none() || !replaced && !fresh_above) {
-                        out.push(Slot::Item(marker(joined(path), Kind::Opaque)));
+                        out.push(Slot::Step(marker(joined(path), Kind::Opaque)));
                     }
                     self.walk(kid, path, fresh_above || fresh, written, out);
                 }
@@ -775,15 +775,15 @@ impl<'a> Merger<'a> {
                 }),
             }
             if matches!(kid.state, State::Pass | State::Dir { .. }) {
-                out.push(Slot::Item(Item::Leave));
+                out.push(Slot::Step(Step::Leave));
             }
             path.pop();
         }
     }
 
-    /// Turn names into items: each inode's data goes with one name (the member's own path if it
+    /// Turn names into steps: each inode's data goes with one name (the member's own path if it
     /// survives, else the first), every other name becomes a hardlink placed after it.
-    fn place_names(&self, slots: Vec<Slot>) -> Vec<Item> {
+    fn place_names(&self, slots: Vec<Slot>) -> Vec<Step> {
         let mut carrier: Vec<Option<Vec<u8>>> = vec![None; self.inodes.len()];
         for s in &slots {
             if let Slot::Name { inode, by, path } = s {
@@ -798,24 +798,24 @@ impl<'a> Merger<'a> {
         let mut out = Vec::with_capacity(slots.len());
         for s in slots {
             let (inode, by, path) = match s {
-                Slot::Item(i) => {
-                    out.push(i);
+                Slot::Step(step) => {
+                    out.push(step);
                     continue;
                 }
                 Slot::Name { inode, by, path } => (inode, by, path),
             };
             match &self.inodes[inode] {
-                Inode::Base { target, .. } => out.push(self.link_item(by, path, joined(target))),
+                Inode::Base { target, .. } => out.push(self.link_step(by, path, joined(target))),
                 Inode::Member(m) => {
                     let c = carrier[inode].as_ref().expect("a name was seen");
                     if *c == path {
-                        out.push(self.full_item(*m, path.clone()));
+                        out.push(self.full_step(*m, path.clone()));
                         emitted[inode] = true;
                         for (b, p) in std::mem::take(&mut waiting[inode]) {
-                            out.push(self.link_item(b, p, path.clone()));
+                            out.push(self.link_step(b, p, path.clone()));
                         }
                     } else if emitted[inode] {
-                        out.push(self.link_item(by, path, c.clone()));
+                        out.push(self.link_step(by, path, c.clone()));
                     } else {
                         waiting[inode].push((by, path));
                     }
@@ -825,10 +825,10 @@ impl<'a> Merger<'a> {
         out
     }
 
-    fn full_item(&self, m: MRef, path: Vec<u8>) -> Item {
+    fn full_step(&self, m: MRef, path: Vec<u8>) -> Step {
         let mem = &self.layers[m.layer].members[m.member];
         if mem.copyable && mem.entry.path == path {
-            return Item::Raw {
+            return Step::Raw {
                 layer: m.layer,
                 start: mem.start,
                 end: mem.end,
@@ -838,7 +838,7 @@ impl<'a> Merger<'a> {
             Kind::File { .. } => Some((m.layer, mem.data)),
             _ => None,
         };
-        Item::Entry {
+        Step::Entry {
             entry: Entry {
                 path,
                 kind: mem.entry.kind.clone(),
@@ -849,17 +849,17 @@ impl<'a> Merger<'a> {
         }
     }
 
-    fn link_item(&self, by: MRef, path: Vec<u8>, target: Vec<u8>) -> Item {
+    fn link_step(&self, by: MRef, path: Vec<u8>, target: Vec<u8>) -> Step {
         let mem = &self.layers[by.layer].members[by.member];
         let same = matches!(&mem.entry.kind, Kind::Hardlink { target: t } if *t == target);
         if mem.copyable && same && mem.entry.path == path {
-            return Item::Raw {
+            return Step::Raw {
                 layer: by.layer,
                 start: mem.start,
                 end: mem.end,
             };
         }
-        Item::Entry {
+        Step::Entry {
             entry: Entry {
                 path,
                 kind: Kind::Hardlink { target },
@@ -872,7 +872,7 @@ impl<'a> Merger<'a> {
 }
 
 enum Slot {
-    Item(Item),
+    Step(Step),
     Name {
         inode: usize,
         by: MRef,
@@ -889,8 +889,8 @@ fn mark_used(node: &Node, used: &mut [bool]) {
     }
 }
 
-fn marker(path: Vec<u8>, kind: Kind) -> Item {
-    Item::Entry {
+fn marker(path: Vec<u8>, kind: Kind) -> Step {
+    Step::Entry {
         entry: Entry {
             path,
             kind,
