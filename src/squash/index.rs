@@ -37,13 +37,20 @@ pub struct Member {
     pub has_xattrs: bool,
 }
 
-/// A layer's index and the uncompressed tar it points into.
-#[derive(Debug)]
+/// A layer's index: what the merge reads, pure data (the bytes stay in [`Layer::tar`]).
+#[derive(Debug, Clone, Default)]
 pub struct LayerIndex {
     /// The layer as the user named it.
     pub label: String,
     /// Members in archive order.
     pub members: Vec<Member>,
+}
+
+/// A layer as read: its index and the uncompressed tar the index points into.
+#[derive(Debug)]
+pub struct Layer {
+    /// The members and where their bytes lie.
+    pub index: LayerIndex,
     /// The uncompressed tar: the input file itself or the spool.
     pub tar: File,
 }
@@ -83,7 +90,7 @@ fn spool_error(tmp: &Path, e: io::Error) -> Error {
 }
 
 /// Index `input`; the spool (if needed) goes into `tmp`.
-pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
+pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
     let label = input.label.as_str();
     let file = match &input.source {
         Source::Path(p) => {
@@ -128,9 +135,11 @@ pub fn index(input: &Input, tmp: &Path) -> Result<LayerIndex> {
         s.out.flush().map_err(|e| spool_error(tmp, e))?;
         (members, spool)
     };
-    Ok(LayerIndex {
-        label: label.to_string(),
-        members,
+    Ok(Layer {
+        index: LayerIndex {
+            label: label.to_string(),
+            members,
+        },
         tar,
     })
 }
@@ -181,18 +190,11 @@ fn read_members<R: Read>(mut rd: Reader<R>, label: &str) -> Result<(Vec<Member>,
     Ok((members, r))
 }
 
-/// The xattrs of the member whose headers start at `start` in `layer`'s tar, read again (the
-/// index does not hold them).
-pub fn xattrs_at(layer: &LayerIndex, start: u64) -> Result<crate::entry::Xattrs> {
-    let len = layer
-        .tar
-        .metadata()
-        .map_err(|e| Error::io(&layer.label, e))?
-        .len();
-    let mut rd = Reader::new(
-        Range::new(&layer.tar, start, len.saturating_sub(start)),
-        &layer.label,
-    );
+/// The xattrs of the member whose headers start at `start` in the tar of the layer `label`, read
+/// again (the index does not hold them).
+pub fn xattrs_at(tar: &File, label: &str, start: u64) -> Result<crate::entry::Xattrs> {
+    let len = tar.metadata().map_err(|e| Error::io(label, e))?.len();
+    let mut rd = Reader::new(Range::new(tar, start, len.saturating_sub(start)), label);
     match rd.next_entry()? {
         Some(te) => Ok(to_entry(&te)?.meta.xattrs),
         None => Ok(Vec::new()),

@@ -12,6 +12,7 @@
 pub(crate) mod index;
 mod merge;
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +24,8 @@ use crate::input::Input;
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::tar::write::{TarWriter, WriteOptions};
 use crate::threads::default_jobs;
-use index::{LayerIndex, Range};
-use merge::{Item, Merger};
+use index::{Layer, LayerIndex, Range};
+use merge::{Merger, Step};
 
 /// What to produce.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +42,7 @@ pub struct SquashOptions {
 /// The merge walks its tree recursively, one frame per level: run it on a thread whose stack
 /// holds [`MAX_DEPTH`] levels, whatever the caller's thread has (a 2 MiB default overflows at
 /// about 4,000 levels). Only the pages it touches are ever allocated.
-fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Item>> {
+fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Step>> {
     const FRAME: usize = 2 << 10;
     std::thread::scope(|s| {
         std::thread::Builder::new()
@@ -55,7 +56,7 @@ fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Item>> {
 }
 
 /// Index every layer, `jobs` at once. The first failure (in layer order) is reported.
-fn index_all(inputs: &[Input], opts: &SquashOptions) -> Result<Vec<LayerIndex>> {
+fn index_all(inputs: &[Input], opts: &SquashOptions) -> Result<Vec<Layer>> {
     let jobs = match opts.blob.jobs {
         0 => default_jobs(),
         j => j,
@@ -63,7 +64,7 @@ fn index_all(inputs: &[Input], opts: &SquashOptions) -> Result<Vec<LayerIndex>> 
     .clamp(1, inputs.len().max(1));
     let tmp = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<LayerIndex>>> = (0..inputs.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<Layer>>> = (0..inputs.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..jobs)
             .map(|_| {
@@ -99,7 +100,11 @@ pub fn squash<W: Write + Send>(
     if inputs.is_empty() {
         return Err(Error::Usage("no layers to squash".into()));
     }
-    let layers = index_all(inputs, opts)?;
+    // The merge reads the indexes only; the tars are read when the output is written.
+    let (layers, tars): (Vec<LayerIndex>, Vec<File>) = index_all(inputs, opts)?
+        .into_iter()
+        .map(|l| (l.index, l.tar))
+        .unzip();
     let plan = merge(&layers, opts.flatten)?;
     let (descriptor, (), out) = write_blob(out, &opts.blob, |chunks| {
         let mut w = TarWriter::new(
@@ -109,12 +114,12 @@ pub fn squash<W: Write + Send>(
                 subsecond: true,
             },
         );
-        // The current dir (see `Item::Enter`) and its length before each component.
+        // The current dir (see `Step::Enter`) and its length before each component.
         let mut here: Vec<u8> = Vec::new();
         let mut lens: Vec<usize> = Vec::new();
-        for item in &plan {
-            let (res, layer) = match item {
-                Item::Enter(name) => {
+        for step in &plan {
+            let (res, layer) = match step {
+                Step::Enter(name) => {
                     lens.push(here.len());
                     if !here.is_empty() {
                         here.push(b'/');
@@ -122,11 +127,11 @@ pub fn squash<W: Write + Send>(
                     here.extend_from_slice(name);
                     continue;
                 }
-                Item::Leave => {
+                Step::Leave => {
                     here.truncate(lens.pop().expect("entered"));
                     continue;
                 }
-                Item::SynthDir => {
+                Step::SynthDir => {
                     let dir = Entry {
                         path: here.clone(),
                         kind: Kind::Dir,
@@ -137,11 +142,11 @@ pub fn squash<W: Write + Send>(
                     };
                     (w.put(&dir, &mut io::empty()), None)
                 }
-                Item::Raw { layer, start, end } => {
-                    let mut r = Range::new(&layers[*layer].tar, *start, end - start);
+                Step::Raw { layer, start, end } => {
+                    let mut r = Range::new(&tars[*layer], *start, end - start);
                     (w.put_raw(&mut r, end - start), Some(*layer))
                 }
-                Item::Entry {
+                Step::Entry {
                     entry,
                     data,
                     xattrs,
@@ -150,8 +155,9 @@ pub fn squash<W: Write + Send>(
                     let entry = match xattrs {
                         Some((layer, start)) => {
                             let mut e = entry.clone();
-                            e.meta.xattrs = index::xattrs_at(&layers[*layer], *start)
-                                .map_err(|e| e.in_layer(&layers[*layer].label))?;
+                            e.meta.xattrs =
+                                index::xattrs_at(&tars[*layer], &layers[*layer].label, *start)
+                                    .map_err(|e| e.in_layer(&layers[*layer].label))?;
                             with = e;
                             &with
                         }
@@ -159,7 +165,7 @@ pub fn squash<W: Write + Send>(
                     };
                     match (data, &entry.kind) {
                         (Some((layer, off)), Kind::File { size }) => {
-                            let mut r = Range::new(&layers[*layer].tar, *off, *size);
+                            let mut r = Range::new(&tars[*layer], *off, *size);
                             (w.put(entry, &mut r), Some(*layer))
                         }
                         _ => (w.put(entry, &mut io::empty()), None),
