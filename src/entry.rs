@@ -8,6 +8,7 @@
 use std::io::Read;
 
 use crate::error::Result;
+use crate::path::RelPath;
 
 /// Symlinks followed while resolving one path inside a layer or stack before it counts as a loop:
 /// Linux's own limit (path_resolution(7)), used by every resolver (apply, the store, squash).
@@ -22,8 +23,8 @@ pub const MAX_DEPTH: usize = 4096;
 /// One change: a path and what is there (or that nothing is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Cleaned relative path, bytes, no leading `/` or `./`, no trailing `/`, never `..`.
-    pub path: Vec<u8>,
+    /// Where, in the layer: clean by construction (see [`RelPath`]).
+    pub path: RelPath,
     /// What the path holds.
     pub kind: Kind,
     /// Attributes; ignored for whiteouts and opaque markers, which writers emit with fixed metadata.

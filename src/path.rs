@@ -41,6 +41,13 @@ impl RelPath {
         Ok(RelPath(bytes))
     }
 
+    /// A path made by joining names that were clean already (directory listings, the names of
+    /// entries read earlier): not checked again outside debug builds.
+    pub(crate) fn from_clean(bytes: Vec<u8>) -> RelPath {
+        debug_assert!(RelPath::new(bytes.clone()).is_ok(), "{bytes:?}");
+        RelPath(bytes)
+    }
+
     /// This path with one more component, `name` (a directory entry's name: no `/`, not `.` or
     /// `..`, which `readdir` never returns for a child).
     pub fn child(&self, name: &[u8]) -> RelPath {
@@ -86,6 +93,24 @@ impl PartialEq<[u8]> for RelPath {
 
 impl PartialEq<&[u8]> for RelPath {
     fn eq(&self, other: &&[u8]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for RelPath {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        &self.0 == other
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for RelPath {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        self.0 == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for RelPath {
+    fn eq(&self, other: &&[u8; N]) -> bool {
         self.0 == *other
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::entry::{Entry, Kind, Meta, MAX_DEPTH};
 use crate::error::{Error, Result, Rule};
-use crate::path::show;
+use crate::path::{show, RelPath};
 use crate::resolve::{
     joined as join_rest, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree,
 };
@@ -417,7 +417,7 @@ impl<'a> Merger<'a> {
     /// the marker entry.
     fn check_marker(&self, m: MRef) -> Result<()> {
         let e = self.member(m);
-        let mut path = e.path.clone();
+        let mut path = e.path.to_vec();
         if e.kind == Kind::Opaque {
             path.extend_from_slice(b"/.wh..wh..opq");
         }
@@ -687,7 +687,7 @@ impl<'a> Merger<'a> {
         } else {
             Step::Entry {
                 entry: Entry {
-                    path: p,
+                    path: RelPath::from_clean(p),
                     kind: Kind::Dir,
                     meta: mem.entry.meta.clone(),
                 },
@@ -840,7 +840,7 @@ impl<'a> Merger<'a> {
         };
         Step::Entry {
             entry: Entry {
-                path,
+                path: RelPath::from_clean(path),
                 kind: mem.entry.kind.clone(),
                 meta: mem.entry.meta.clone(),
             },
@@ -861,7 +861,7 @@ impl<'a> Merger<'a> {
         }
         Step::Entry {
             entry: Entry {
-                path,
+                path: RelPath::from_clean(path),
                 kind: Kind::Hardlink { target },
                 meta: mem.entry.meta.clone(),
             },
@@ -892,7 +892,7 @@ fn mark_used(node: &Node, used: &mut [bool]) {
 fn marker(path: Vec<u8>, kind: Kind) -> Step {
     Step::Entry {
         entry: Entry {
-            path,
+            path: RelPath::from_clean(path),
             kind,
             meta: Meta::default(),
         },
@@ -915,7 +915,7 @@ mod tests {
 
     fn entry(path: &str, kind: Kind) -> Entry {
         Entry {
-            path: path.as_bytes().to_vec(),
+            path: RelPath::new(path.as_bytes().to_vec()).expect("clean"),
             kind,
             meta: Meta {
                 mode: 0o644,

@@ -22,6 +22,7 @@ use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
+use crate::path::RelPath;
 use crate::tar::write::{TarWriter, WriteOptions};
 use crate::threads::default_jobs;
 use index::{Layer, LayerIndex, Range};
@@ -133,7 +134,7 @@ pub fn squash<W: Write + Send>(
                 }
                 Step::SynthDir => {
                     let dir = Entry {
-                        path: here.clone(),
+                        path: RelPath::from_clean(here.clone()),
                         kind: Kind::Dir,
                         meta: Meta {
                             mode: 0o755,

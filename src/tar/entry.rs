@@ -3,15 +3,16 @@
 
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
-use crate::path::{check_depth, join, show};
+use crate::path::{check_depth, join, show, RelPath};
 use crate::sys::dev_fits;
 use crate::tar::read::TarEntry;
 use crate::tar::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
-/// The cleaned layer path of a tar name: leading `/`, `./`, empty and `.` components dropped.
+/// The layer path of a tar name (the one place a [`RelPath`] is made from untrusted bytes): leading
+/// `/`, `./`, empty and `.` components dropped.
 /// `..` anywhere is refused rather than resolved, since no layer writer emits it and a lexical `..`
 /// after a symlink means something else on disk. The root is the empty path.
-pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+pub(crate) fn clean_path(raw: &[u8]) -> std::result::Result<RelPath, &'static str> {
     if raw.contains(&0) {
         return Err("NUL byte in name");
     }
@@ -28,7 +29,7 @@ pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
             }
         }
     }
-    Ok(out)
+    Ok(RelPath::from_clean(out))
 }
 
 /// Whether Linux can hold this xattr (xattr(7): a namespace prefix, a name of at most 255 bytes
@@ -110,7 +111,7 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
     // same); their data, if any, is skipped by the reader.
     if base == OPAQUE_MARKER {
         return Ok(Entry {
-            path: dir.to_vec(),
+            path: RelPath::from_clean(dir.to_vec()),
             kind: Kind::Opaque,
             meta,
         });
@@ -126,7 +127,7 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
             return Err(reject(Rule::WhiteoutName, "nothing to delete"));
         }
         return Ok(Entry {
-            path: join(dir, name),
+            path: RelPath::from_clean(join(dir, name)),
             kind: Kind::Whiteout,
             meta,
         });
@@ -157,12 +158,14 @@ pub fn to_entry(te: &TarEntry) -> Result<Entry> {
             }
         }
         b'1' => {
-            let target = clean_path(&te.linkname).map_err(|d| {
-                reject(
-                    Rule::Hardlink,
-                    &format!("target {:?}: {d}", show(&te.linkname)),
-                )
-            })?;
+            let target = clean_path(&te.linkname)
+                .map_err(|d| {
+                    reject(
+                        Rule::Hardlink,
+                        &format!("target {:?}: {d}", show(&te.linkname)),
+                    )
+                })?
+                .into_bytes();
             if target.is_empty() {
                 return Err(reject(Rule::Hardlink, "target is the layer root"));
             }
@@ -228,7 +231,7 @@ mod tests {
         assert_eq!(to_entry(&te("a/.wh.b", b'0')).unwrap().kind, Kind::Whiteout);
         assert_eq!(to_entry(&te("a/.wh.b", b'0')).unwrap().path, b"a/b");
         let o = to_entry(&te("./a/.wh..wh..opq", b'0')).unwrap();
-        assert_eq!((o.kind, o.path), (Kind::Opaque, b"a".to_vec()));
+        assert_eq!((o.kind, o.path.to_vec()), (Kind::Opaque, b"a".to_vec()));
         let r = to_entry(&te(".wh..wh..opq", b'0')).unwrap();
         assert_eq!(r.path, b"");
         for bad in [".wh.", "a/.wh..", "a/.wh...", ".wh..wh.plnk", ".wh.x/y"] {

@@ -268,7 +268,7 @@ impl<W: Write> Sink for TarWriter<W> {
             _ => (mtime, mtime_nsec),
         };
         let mut h = Header {
-            name: entry.path.clone(),
+            name: entry.path.to_vec(),
             mode: mode & 0o7777,
             uid,
             gid,
@@ -337,7 +337,7 @@ impl<W: Write> Sink for TarWriter<W> {
             }
             Kind::Opaque => {
                 // An empty path is the layer root: `.wh..wh..opq` at the top.
-                let mut n = entry.path.clone();
+                let mut n = entry.path.to_vec();
                 if !n.is_empty() {
                     n.push(b'/');
                 }
@@ -458,7 +458,7 @@ mod tests {
 
     fn file(size: u64) -> Entry {
         Entry {
-            path: b"f".to_vec(),
+            path: crate::path::RelPath::new(b"f".to_vec()).unwrap(),
             kind: Kind::File { size },
             meta: Meta::default(),
         }

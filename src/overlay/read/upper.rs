@@ -21,6 +21,7 @@ use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
 use crate::overlay::read::lower::{last, Found, LowerView};
 use crate::overlay::{split_xattrs, Markers, Namespace};
+use crate::path::RelPath;
 use crate::sys::{self, FileType, Stat};
 use crate::tar::WHITEOUT_PREFIX;
 
@@ -235,7 +236,7 @@ impl Walker<'_> {
             let path = join(rel, &c.name);
             self.put(
                 Entry {
-                    path,
+                    path: RelPath::from_clean(path),
                     kind: Kind::Whiteout,
                     meta: Meta::default(),
                 },
@@ -291,7 +292,7 @@ impl Walker<'_> {
                     let src = resolve_redirect(redirect, ctx.lower.as_deref().unwrap_or_default());
                     self.put(
                         Entry {
-                            path: path.clone(),
+                            path: RelPath::from_clean(path.clone()),
                             kind: Kind::Dir,
                             meta,
                         },
@@ -301,7 +302,7 @@ impl Walker<'_> {
                     if !ctx.redirected && self.lowers.has_dir(&path)? {
                         self.put(
                             Entry {
-                                path: path.clone(),
+                                path: RelPath::from_clean(path.clone()),
                                 kind: Kind::Opaque,
                                 meta: Meta::default(),
                             },
@@ -325,7 +326,7 @@ impl Walker<'_> {
                 }
                 self.put(
                     Entry {
-                        path: path.clone(),
+                        path: RelPath::from_clean(path.clone()),
                         kind: Kind::Dir,
                         meta,
                     },
@@ -341,7 +342,7 @@ impl Walker<'_> {
                     if needed {
                         self.put(
                             Entry {
-                                path: path.clone(),
+                                path: RelPath::from_clean(path.clone()),
                                 kind: Kind::Opaque,
                                 meta: Meta::default(),
                             },
@@ -365,7 +366,7 @@ impl Walker<'_> {
                 if let Some(target) = self.link_target(&c.st, &path) {
                     return self.put(
                         Entry {
-                            path,
+                            path: RelPath::from_clean(path),
                             kind: Kind::Hardlink { target },
                             meta,
                         },
@@ -401,7 +402,7 @@ impl Walker<'_> {
                 };
                 self.put(
                     Entry {
-                        path,
+                        path: RelPath::from_clean(path),
                         kind: Kind::File { size },
                         meta,
                     },
@@ -425,7 +426,15 @@ impl Walker<'_> {
                     Some(target) => Kind::Hardlink { target },
                     None => kind,
                 };
-                self.put(Entry { path, kind, meta }, None, PathBuf::new())
+                self.put(
+                    Entry {
+                        path: RelPath::from_clean(path),
+                        kind,
+                        meta,
+                    },
+                    None,
+                    PathBuf::new(),
+                )
             }
         }
     }
@@ -446,7 +455,7 @@ impl Walker<'_> {
                 let (_, xattrs, _, _) = self.lowers.node(layer, lrel)?;
                 self.put(
                     Entry {
-                        path: out.to_vec(),
+                        path: RelPath::from_clean(out.to_vec()),
                         kind: Kind::Dir,
                         meta: meta_of(&st, xattrs),
                     },
@@ -473,7 +482,7 @@ impl Walker<'_> {
                 if let Some(target) = self.link_target(&st, out) {
                     return self.put(
                         Entry {
-                            path: out.to_vec(),
+                            path: RelPath::from_clean(out.to_vec()),
                             kind: Kind::Hardlink { target },
                             meta,
                         },
@@ -507,7 +516,7 @@ impl Walker<'_> {
                         let size = st.st_size as u64;
                         return self.put(
                             Entry {
-                                path: out.to_vec(),
+                                path: RelPath::from_clean(out.to_vec()),
                                 kind: Kind::File { size },
                                 meta,
                             },
@@ -521,7 +530,7 @@ impl Walker<'_> {
                 };
                 self.put(
                     Entry {
-                        path: out.to_vec(),
+                        path: RelPath::from_clean(out.to_vec()),
                         kind,
                         meta,
                     },
