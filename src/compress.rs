@@ -214,7 +214,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
     }
 }
 
-struct Job {
+struct Block {
     /// Dictionary tail of the previous block followed by this block.
     data: Arc<Vec<u8>>,
     dict_len: usize,
@@ -233,14 +233,14 @@ pub(crate) struct ParGz<W: Write> {
     len: u64,
     pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     max_pending: usize,
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Block>>,
     workers: Vec<JoinHandle<()>>,
     header_written: bool,
 }
 
 impl<W: Write> ParGz<W> {
     fn new(out: W, threads: usize, level: u32) -> Self {
-        let (tx, rx) = bounded::<Job>(threads * 2);
+        let (tx, rx) = bounded::<Block>(threads * 2);
         let workers = (0..threads)
             .map(|_| {
                 let rx = rx.clone();
@@ -302,7 +302,7 @@ impl<W: Write> ParGz<W> {
         self.dict.clear();
         self.dict.extend_from_slice(&block[block.len() - tail..]);
         let (done, rx) = bounded(1);
-        let job = Job {
+        let job = Block {
             data: Arc::new(data),
             dict_len,
             last,

@@ -8,6 +8,7 @@
 //! their own workers. The stream order is the walker's, so output bytes never depend on timing.
 
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crossbeam_channel::bounded;
@@ -15,8 +16,8 @@ use crossbeam_channel::bounded;
 use crate::compress::Compression;
 use crate::digest::Descriptor;
 use crate::entry::Sink;
-use crate::error::{Error, Result};
-use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions, OUTPUT};
+use crate::error::{Error, Outcomes, Result};
+use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::overlay::read::upper::{walk, FileRef, Item, WalkOptions, Warning};
 use crate::sys;
 use crate::tar::write::{TarWriter, WriteOptions};
@@ -71,7 +72,10 @@ pub fn diff<W: Write + Send + 'static>(
                         item_tx.send(item).map_err(|_| Error::Stopped)
                     })
                 })
-                .map_err(|e| Error::io("walk thread", e))?;
+                .map_err(|source| Error::Resource {
+                    what: "walk thread",
+                    source,
+                })?;
             // `move`: a failing tar stage drops the receiver, so the walker stops instead of
             // blocking.
             let tarred = (move || -> Result<_> {
@@ -89,20 +93,20 @@ pub fn diff<W: Write + Send + 'static>(
                         }
                         None => w.put(&entry, &mut io::empty()),
                     };
-                    res.map_err(|e| stop_if_pipe(relabel(e, &display)))?;
+                    res.map_err(|e| stop_if_pipe(relabel(e, &display, upper, &entry.path)))?;
                 }
                 Ok(w)
             })();
             // The end-of-archive marker only after a complete walk: a failed one must not end in
             // what reads as a valid (short) layer.
-            match (walker.join().expect("walker panicked"), tarred) {
-                (Ok(warnings), Ok(w)) => {
-                    w.finish().map_err(|_| Error::Stopped)?;
-                    Ok(warnings)
-                }
-                (Err(e), Ok(_)) | (Err(e), Err(Error::Stopped)) => Err(e),
-                (_, Err(e)) => Err(e),
-            }
+            // The tar stage first: when both fail of their own accord, its error is the one to
+            // show (the walker's may only echo it).
+            let mut outcomes = Outcomes::default();
+            let w = outcomes.take(tarred);
+            let warnings = outcomes.take(walker.join().expect("walker panicked"));
+            outcomes.result()?;
+            w.expect("no error").finish().map_err(|_| Error::Stopped)?;
+            Ok(warnings.expect("no error"))
         })
     })?;
     Ok((
@@ -114,14 +118,19 @@ pub fn diff<W: Write + Send + 'static>(
     ))
 }
 
-/// Errors from the tar writer name the entry's path in the stream; show the file on disk instead.
-fn relabel(e: Error, display: &Path) -> Error {
-    if display.as_os_str().is_empty() {
-        return e;
-    }
+/// Errors from the tar writer name the entry's path in the stream; show the file on disk instead
+/// (`display` for a file, else the path below the upper).
+fn relabel(e: Error, display: &Path, upper: &Path, path: &[u8]) -> Error {
+    let below;
+    let display = if display.as_os_str().is_empty() {
+        below = upper.join(std::ffi::OsStr::from_bytes(path));
+        &below
+    } else {
+        display
+    };
     match e {
         Error::Rejected { rule, detail, .. } => Error::rejected(display, rule, detail),
-        Error::Io { source, path } if path != Path::new(OUTPUT) => Error::io(display, source),
+        Error::Io { source, .. } => Error::io(display, source),
         other => other,
     }
 }

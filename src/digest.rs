@@ -78,6 +78,18 @@ impl Hasher {
     }
 }
 
+/// So that `io::copy` can hash a stream.
+impl Write for Hasher {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.update(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The OCI content descriptor of a layer blob, plus its diffID (the digest of the uncompressed tar,
 /// which the image config's `rootfs.diff_ids` lists).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

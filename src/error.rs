@@ -111,6 +111,24 @@ pub enum Error {
         /// Values that explain the refusal (may be empty).
         detail: String,
     },
+    /// Writing the result failed. `path` is where it went, once the job that opened the output
+    /// names it (the pipeline itself only knows "the output"); `None` for a writer the caller
+    /// passed in.
+    #[error("{}: {source}", path.as_ref().map_or_else(|| "output".into(), |p| p.display().to_string()))]
+    Output {
+        /// The output file, when known.
+        path: Option<PathBuf>,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The system refused what the run needs to start (a thread).
+    #[error("cannot start the {what}: {source}")]
+    Resource {
+        /// What could not be started.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
     /// A pipeline stage stopped because another stage failed; the other stage's error is the one
     /// reported, so users never see this.
     #[error("stopped because another stage failed")]
@@ -174,21 +192,42 @@ impl Error {
 
     /// True when the underlying cause is a closed pipe (the CLI treats that as success).
     pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+        matches!(self, Error::Io { source, .. } | Error::Output { source, .. }
+            if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    /// Writing the output failed with `source`.
+    pub(crate) fn output(source: io::Error) -> Self {
+        Error::Output { path: None, source }
     }
 }
 
-/// Of the errors of a failed pipeline, in the order of its stages (or layers), the one to show:
-/// the first that failed of its own accord, not one that stopped because another stage failed.
-pub(crate) fn cause(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
-    let mut stopped = None;
-    for e in errors {
-        match e {
-            Error::Stopped => stopped = Some(e),
-            e => return Some(e),
+/// The results of a pipeline's stages (or a stack's layers), taken in the order that decides which
+/// error to show: the first that failed of its own accord, not one that stopped because another
+/// stage failed. Every job reports a failed run through this, so users never see "stopped".
+#[derive(Default)]
+pub(crate) struct Outcomes {
+    cause: Option<Error>,
+}
+
+impl Outcomes {
+    /// Record one stage's result; its value if it succeeded.
+    pub(crate) fn take<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if matches!(self.cause, None | Some(Error::Stopped)) {
+                    self.cause = Some(e);
+                }
+                None
+            }
         }
     }
-    stopped
+
+    /// The error to show, if any stage failed.
+    pub(crate) fn result(self) -> Result<()> {
+        self.cause.map_or(Ok(()), Err)
+    }
 }
 
 /// Result with [`Error`].

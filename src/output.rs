@@ -17,7 +17,7 @@ use crossbeam_channel::bounded;
 
 use crate::compress::{Compression, Encoder};
 use crate::digest::{Descriptor, HashWriter, Hasher};
-use crate::error::{Error, Result};
+use crate::error::{Error, Outcomes, Result};
 use crate::staging;
 use crate::sys;
 
@@ -52,15 +52,15 @@ impl Write for ChunkSender {
     }
 }
 
-/// Placeholder path of errors writing the blob, replaced by the real name where it is known
-/// ([`name_output`]).
-pub const OUTPUT: &str = "<output>";
-
 /// Our channels report a closed receiver as `BrokenPipe`: that stage stopped because a later one
 /// failed, and the later one's error is the one to show.
 pub fn stop_if_pipe(e: Error) -> Error {
     match e {
-        Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => Error::Stopped,
+        Error::Io { ref source, .. } | Error::Output { ref source, .. }
+            if source.kind() == io::ErrorKind::BrokenPipe =>
+        {
+            Error::Stopped
+        }
         other => other,
     }
 }
@@ -89,9 +89,9 @@ where
         let writer = s.spawn(move || -> Result<W> {
             let mut out = out;
             for chunk in out_rx {
-                out.write_all(&chunk).map_err(|e| Error::io(OUTPUT, e))?;
+                out.write_all(&chunk).map_err(Error::output)?;
             }
-            out.flush().map_err(|e| Error::io(OUTPUT, e))?;
+            out.flush().map_err(Error::output)?;
             Ok(out)
         });
         // `move`: when this stage fails, its receiver must drop so the producer's sends fail
@@ -102,7 +102,7 @@ where
             let mut enc = Encoder::new(opts.compression, hashed, jobs, opts.level)
                 .map_err(|e| Error::Usage(e.to_string()))?;
             let mut diff_id = hash_tar.then(Hasher::default);
-            let io_err = |e: io::Error| stop_if_pipe(Error::io(OUTPUT, e));
+            let io_err = |e: io::Error| stop_if_pipe(Error::output(e));
             for chunk in chunk_rx {
                 if let Some(h) = &mut diff_id {
                     h.update(&chunk);
@@ -130,13 +130,11 @@ where
         })();
         let produced = producer.join().expect("producer panicked");
         let written = writer.join().expect("writer panicked");
-        let mut errors = Vec::new();
-        let r = produced.map_err(|e| errors.push(e)).ok();
-        let done = sink.map_err(|e| errors.push(e)).ok();
-        let out = written.map_err(|e| errors.push(e)).ok();
-        if let Some(e) = crate::error::cause(errors) {
-            return Err(e);
-        }
+        let mut outcomes = Outcomes::default();
+        let r = outcomes.take(produced);
+        let done = outcomes.take(sink);
+        let out = outcomes.take(written);
+        outcomes.result()?;
         let (digest, diff_id, size) = done.expect("no error");
         let descriptor = Descriptor {
             media_type: opts.compression.media_type().to_string(),
@@ -234,9 +232,12 @@ pub fn to_file<T>(
 }
 
 /// The pipeline only knows "the output"; name it for the user.
-pub fn name_output(e: Error, path: &Path) -> Error {
+pub(crate) fn name_output(e: Error, path: &Path) -> Error {
     match e {
-        Error::Io { path: p, source } if p == Path::new(OUTPUT) => Error::io(path, source),
+        Error::Output { path: None, source } => Error::Output {
+            path: Some(path.to_path_buf()),
+            source,
+        },
         other => other,
     }
 }

@@ -14,7 +14,7 @@ use crate::compress::Compression;
 use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
 use crate::input::{Input, Source};
-use crate::output::{name_output, BlobOptions};
+use crate::output::BlobOptions;
 use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
 use crate::squash::{squash, squash_to_file, SquashOptions};
@@ -58,6 +58,11 @@ pub fn main(who: Personality) -> ExitCode {
         Err(Error::Usage(m)) => {
             eprintln!("{prog}: {m}");
             ExitCode::from(2)
+        }
+        // The one output the library cannot name is ours.
+        Err(Error::Output { path: None, source }) => {
+            eprintln!("{prog}: stdout: {}", one_line(&source.to_string()));
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("{prog}: {}", one_line(&e.to_string()));
@@ -131,9 +136,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     };
     let report: DiffReport = if to_stdout {
         let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
-        diff(&a.upper, out, &opts)
-            .map_err(|e| name_output(e, Path::new("<stdout>")))?
-            .0
+        diff(&a.upper, out, &opts)?.0
     } else {
         diff_to_file(&a.upper, a.output.as_deref().expect("checked"), &opts)?
     };
@@ -143,7 +146,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     if a.json {
         let mut out = io::stdout().lock();
         let json = serde_json::to_string(&report.descriptor).expect("serialisable");
-        writeln!(out, "{json}").map_err(|e| Error::io("<stdout>", e))?;
+        writeln!(out, "{json}").map_err(Error::output)?;
     }
     Ok(())
 }
@@ -179,16 +182,14 @@ fn run_squash(a: SquashArgs) -> Result<()> {
     };
     let descriptor = if to_stdout {
         let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
-        squash(&inputs, out, &opts)
-            .map_err(|e| name_output(e, Path::new("<stdout>")))?
-            .0
+        squash(&inputs, out, &opts)?.0
     } else {
         squash_to_file(&inputs, &a.output, &opts)?
     };
     if a.json {
         let mut out = io::stdout().lock();
         let json = serde_json::to_string(&descriptor).expect("serialisable");
-        writeln!(out, "{json}").map_err(|e| Error::io("<stdout>", e))?;
+        writeln!(out, "{json}").map_err(Error::output)?;
     }
     Ok(())
 }
@@ -233,5 +234,5 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
     } else {
         return Ok(());
     };
-    writeln!(out, "{text}").map_err(|e| Error::io("<stdout>", e))
+    writeln!(out, "{text}").map_err(Error::output)
 }

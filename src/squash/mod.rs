@@ -50,7 +50,10 @@ fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Step>> {
             .name("layerkit-merge".into())
             .stack_size((1 << 20) + MAX_DEPTH * FRAME)
             .spawn_scoped(s, || Merger::new(layers, flatten).run())
-            .map_err(|e| Error::io("merge thread", e))?
+            .map_err(|source| Error::Resource {
+                what: "merge thread",
+                source,
+            })?
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })

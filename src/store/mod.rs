@@ -22,10 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::unbounded;
-use sha2::{Digest as _, Sha256};
 
-use crate::digest::{self, chain_id};
-use crate::error::{Error, Result};
+use crate::digest::{chain_id, Hasher};
+use crate::error::{Error, Outcomes, Result};
 use crate::input::{Digests, Input, Source};
 use crate::overlay::read::lower::LowerView;
 use crate::overlay::write::{Layer, Stacked, Unsettled};
@@ -291,21 +290,9 @@ impl Store {
 fn blob_digest(p: &Path) -> Option<String> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
     let mut f = sys::openat_file(rustix::fs::CWD, &c).ok()?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut HashWriter(&mut h)).ok()?;
-    Some(digest::format(&h.finalize()))
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl io::Write for HashWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    let mut h = Hasher::default();
+    io::copy(&mut f, &mut h).ok()?;
+    Some(h.finish())
 }
 
 /// Which layers a store already has, known before unpacking: their diffIDs come from the blob
@@ -549,10 +536,9 @@ fn stack_error(
         .filter_map(|(j, r)| r.err().map(|e| (j, e)))
         .collect();
     failed.sort_by_key(|(j, _)| *j);
-    crate::error::cause(
-        failed
-            .into_iter()
-            .map(|(j, e)| e.in_layer(&inputs[j].label)),
-    )
-    .unwrap_or(Error::Stopped)
+    let mut outcomes = Outcomes::default();
+    for (j, e) in failed {
+        outcomes.take::<()>(Err(e.in_layer(&inputs[j].label)));
+    }
+    outcomes.result().err().unwrap_or(Error::Stopped)
 }

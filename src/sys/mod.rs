@@ -125,7 +125,7 @@ pub fn lget_all_xattrs(path: &Path) -> io::Result<Xattrs> {
 }
 
 /// Path of `name` below the directory path `dir`, as an OS path.
-pub fn join(dir: &[u8], name: &[u8]) -> std::path::PathBuf {
+pub fn os_path(dir: &[u8], name: &[u8]) -> std::path::PathBuf {
     let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
     v.extend_from_slice(dir);
     if !dir.is_empty() && !dir.ends_with(b"/") {

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use crate::entry::{Entry, Kind, Meta, Sink};
 use crate::error::{Error, Result, Rule};
+use crate::path::show;
 use crate::tar::{BLOCK, OPAQUE_MARKER, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
 
 /// Buffered output is handed on in chunks of this size, the unit the compressors work on.
@@ -212,7 +213,7 @@ impl<W: Write> TarWriter<W> {
                 ));
             }
             left -= n as u64;
-            self.maybe_flush().map_err(|e| Error::io("<output>", e))?;
+            self.maybe_flush().map_err(Error::output)?;
         }
         let mut probe = [0u8; 1];
         loop {
@@ -254,6 +255,12 @@ struct Header<'a> {
 
 impl<W: Write> Sink for TarWriter<W> {
     fn put(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
+        // A real file under a whiteout's name would read back as a deletion.
+        if !matches!(entry.kind, Kind::Whiteout | Kind::Opaque)
+            && split_last(&entry.path).1.starts_with(WHITEOUT_PREFIX)
+        {
+            return Err(Error::rejected(show(&entry.path), Rule::WhiteoutPrefix, ""));
+        }
         let Meta {
             mode,
             uid,
@@ -345,7 +352,7 @@ impl<W: Write> Sink for TarWriter<W> {
                 self.header(&fixed(n));
             }
         }
-        self.maybe_flush().map_err(|e| Error::io("<output>", e))
+        self.maybe_flush().map_err(Error::output)
     }
 }
 

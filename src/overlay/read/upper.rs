@@ -21,9 +21,8 @@ use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
 use crate::overlay::read::lower::{last, Found, LowerView};
 use crate::overlay::{split_xattrs, Markers, Namespace};
-use crate::path::RelPath;
+use crate::path::{join, RelPath};
 use crate::sys::{self, FileType, Stat};
-use crate::tar::WHITEOUT_PREFIX;
 
 /// Where the data of a file entry is to be read from; the consumer opens it.
 #[derive(Debug, Clone)]
@@ -134,17 +133,6 @@ struct Child {
     whiteout: bool,
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
-    v.extend_from_slice(dir);
-    v.push(b'/');
-    v.extend_from_slice(name);
-    v
-}
-
 fn is_whiteout_dev(st: &Stat) -> bool {
     sys::file_type(st) == FileType::CharacterDevice && sys::rdev(st) == (0, 0)
 }
@@ -162,7 +150,7 @@ fn meta_of(st: &Stat, xattrs: Xattrs) -> Meta {
 
 impl Walker<'_> {
     fn upper_path(&self, rel: &[u8]) -> PathBuf {
-        sys::join(&self.upper, rel)
+        sys::os_path(&self.upper, rel)
     }
 
     fn dir(&mut self, fd: Arc<OwnedFd>, rel: &[u8], ctx: &Ctx) -> Result<()> {
@@ -172,13 +160,6 @@ impl Walker<'_> {
         let mut children = Vec::with_capacity(names.len());
         for name in names {
             let path = join(rel, &name);
-            if name.starts_with(WHITEOUT_PREFIX) {
-                return Err(Error::rejected(
-                    self.upper_path(&path),
-                    Rule::WhiteoutPrefix,
-                    "",
-                ));
-            }
             let st = sys::lstatat(&*fd, &name).map_err(|e| Error::io(self.upper_path(&path), e))?;
             // By the open dir, not by path: a path past PATH_MAX (4,096 bytes) is still walked.
             let raw = sys::lget_all_xattrs_at(fd.as_fd(), &name)
@@ -441,14 +422,6 @@ impl Walker<'_> {
 
     /// Emit the lower node at `lrel` (merged view of the lowers) under output path `out`, recursively.
     fn lower_entry(&mut self, out: &[u8], lrel: &[u8]) -> Result<()> {
-        let name = out.rsplit(|&b| b == b'/').next().unwrap_or(out);
-        if name.starts_with(WHITEOUT_PREFIX) {
-            return Err(Error::rejected(
-                self.lowers.display(lrel),
-                Rule::WhiteoutPrefix,
-                "",
-            ));
-        }
         match self.lowers.view(lrel, 0)? {
             Found::Absent => Ok(()),
             Found::Dir { layer, st } => {
@@ -593,7 +566,7 @@ impl Lowers {
     /// `rel` in layer `layer`, for messages.
     fn at(&self, layer: usize, rel: &[u8]) -> PathBuf {
         match self.roots.get(layer) {
-            Some(r) => sys::join(r.as_os_str().as_encoded_bytes(), rel),
+            Some(r) => sys::os_path(r.as_os_str().as_encoded_bytes(), rel),
             None => PathBuf::from(String::from_utf8_lossy(rel).into_owned()),
         }
     }

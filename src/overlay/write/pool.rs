@@ -25,7 +25,7 @@ use crate::path::show;
 pub(crate) const SMALL: u64 = 256 * 1024;
 
 /// One file to finish.
-pub(crate) struct Job {
+pub(crate) struct PendingFile {
     pub file: File,
     pub data: Vec<u8>,
     /// Attributes, xattr names already as they go to disk.
@@ -43,12 +43,12 @@ struct Shared {
 /// A few worker threads; started on first use, joined by [`FilePool::drain`].
 pub(crate) struct FilePool {
     threads: usize,
-    tx: Option<Sender<Job>>,
+    tx: Option<Sender<PendingFile>>,
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
-fn finish(job: Job, warnings: &mut Vec<String>) -> Result<()> {
+fn finish(job: PendingFile, warnings: &mut Vec<String>) -> Result<()> {
     let mut f = job.file;
     f.write_all(&job.data)
         .map_err(|e| Error::io(show(&job.path), e))?;
@@ -77,12 +77,12 @@ impl FilePool {
     }
 
     /// Hand over a file. Fails early with a worker's error, if one failed.
-    pub fn submit(&mut self, job: Job) -> Result<()> {
+    pub fn submit(&mut self, job: PendingFile) -> Result<()> {
         if self.shared.failed.load(Ordering::Relaxed) {
             return self.drain().map(drop);
         }
         if self.tx.is_none() {
-            let (tx, rx) = bounded::<Job>(64);
+            let (tx, rx) = bounded::<PendingFile>(64);
             for _ in 0..self.threads {
                 let (rx, shared) = (rx.clone(), self.shared.clone());
                 self.workers.push(std::thread::spawn(move || {

@@ -27,7 +27,7 @@ use crate::overlay::is_whiteout;
 use crate::overlay::write::attrs;
 use crate::overlay::write::cursor::Cursor;
 use crate::overlay::write::key::{ancestor_in, within, within_set, Key, Waiting};
-use crate::overlay::write::pool::{FilePool, Job, SMALL};
+use crate::overlay::write::pool::{FilePool, PendingFile, SMALL};
 use crate::overlay::Namespace;
 use crate::path::{join, show, split};
 use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
@@ -689,7 +689,7 @@ impl LayerWriter {
             let mut bytes = vec![0u8; size as usize];
             read_data(data, &mut bytes, &rpath)?;
             let meta = self.on_disk(meta);
-            return self.pool.submit(Job {
+            return self.pool.submit(PendingFile {
                 file: f,
                 data: bytes,
                 meta,
