@@ -10,9 +10,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::overlay::escape_lowerdir;
-use crate::overlay::write::{Layer, Standalone};
+use crate::overlay::write::{FilePool, Layer, Standalone};
 use crate::staging;
 use crate::sys;
+use crate::threads::Budget;
 use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
 
 /// Unpack one layer into `dir` (created if missing, must be empty). The layer is written under a
@@ -63,7 +64,9 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
     let (tmp, root) = staging::directory(parent, &name, 0o700).map_err(|e| Error::io(dir, e))?;
     // The writer gets a duplicate: the original fd keeps the temporary dir locked until it is
     // published, whatever the writer closes.
-    let mut w = Layer::<Standalone>::new(root.try_clone().map_err(|e| Error::io(dir, e))?, opts.ns);
+    let files = FilePool::new(Budget::new(opts.jobs).workers());
+    let root_fd = root.try_clone().map_err(|e| Error::io(dir, e))?;
+    let mut w = Layer::<Standalone>::new(root_fd, opts.ns, files);
     let d = unpack(input, &mut w, &AtomicBool::new(false), !opts.skip_digests)
         .map_err(|e| e.in_layer(&input.label))?;
     let warnings = (|| w.finish()?.standalone()?.seal())().map_err(|e| e.in_layer(&input.label))?;

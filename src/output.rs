@@ -74,11 +74,7 @@ where
     R: Send,
     P: FnOnce(ChunkSender) -> Result<R> + Send,
 {
-    let jobs = if opts.jobs == 0 {
-        crate::threads::default_jobs()
-    } else {
-        opts.jobs
-    };
+    let jobs = crate::threads::Budget::new(opts.jobs).workers();
     let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(8);
     let (out_tx, out_rx) = bounded::<Vec<u8>>(8);
     let hash_blob = opts.compression != Compression::None && !opts.skip_digests;

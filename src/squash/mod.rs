@@ -15,7 +15,6 @@ mod merge;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::digest::Descriptor;
 use crate::entry::{Entry, Kind, Meta, Sink, MAX_DEPTH};
@@ -24,7 +23,7 @@ use crate::input::Input;
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::path::RelPath;
 use crate::tar::write::{TarWriter, WriteOptions};
-use crate::threads::default_jobs;
+use crate::threads::{map_in_order, Budget};
 use index::{Layer, LayerIndex, Range};
 use merge::{Merger, Step};
 
@@ -59,39 +58,12 @@ fn merge(layers: &[LayerIndex], flatten: bool) -> Result<Vec<Step>> {
     })
 }
 
-/// Index every layer, `jobs` at once. The first failure (in layer order) is reported.
+/// Index every layer, `-j` at once. The first failure (in layer order) is reported.
 fn index_all(inputs: &[Input], opts: &SquashOptions) -> Result<Vec<Layer>> {
-    let jobs = match opts.blob.jobs {
-        0 => default_jobs(),
-        j => j,
-    }
-    .clamp(1, inputs.len().max(1));
     let tmp = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<Layer>>> = (0..inputs.len()).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..jobs)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(input) = inputs.get(i) else { break };
-                        mine.push((i, index::index(input, &tmp)));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        for w in workers {
-            for (i, r) in w.join().expect("index worker panicked") {
-                results[i] = Some(r);
-            }
-        }
-    });
-    results
+    let workers = Budget::new(opts.blob.jobs).workers();
+    map_in_order(workers, inputs.len(), |i| index::index(&inputs[i], &tmp))
         .into_iter()
-        .map(|r| r.expect("every layer indexed"))
         .collect()
 }
 

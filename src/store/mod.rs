@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::unbounded;
@@ -27,11 +27,11 @@ use crate::digest::{chain_id, Hasher};
 use crate::error::{Error, Outcomes, Result};
 use crate::input::{Digests, Input, Source};
 use crate::overlay::read::lower::LowerView;
-use crate::overlay::write::{Layer, Stacked, Unsettled};
+use crate::overlay::write::{FilePool, Layer, Stacked, Unsettled};
 use crate::overlay::{escape_lowerdir, Namespace};
 use crate::staging;
 use crate::sys;
-use crate::threads::default_jobs;
+use crate::threads::{spawn_workers, Budget};
 use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
 
 const STATE: &[u8] = b".layerkit";
@@ -392,37 +392,30 @@ fn run_stack(
         sys::mkdirat(&d, b"diff", 0o755).map_err(e)?;
         roots.insert(k, sys::openat_dir(&d, b"diff").map_err(e)?);
     }
-    let jobs = if opts.jobs == 0 {
-        default_jobs()
-    } else {
-        opts.jobs
-    }
-    .max(1);
+    let budget = Budget::new(opts.jobs);
+    // One pool of file finishers for all layers in flight.
+    let files = FilePool::new(budget.workers());
     let stop = AtomicBool::new(false);
-    let next = AtomicUsize::new(0);
     let (tx, rx) = unbounded::<Unpacked>();
     let roots = std::sync::Mutex::new(roots);
     std::thread::scope(|s| {
-        for _ in 0..jobs.min(todo.len()) {
-            let tx = tx.clone();
-            let (todo, stop, next, roots) = (&todo, &stop, &next, &roots);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&k) = todo.get(i) else { break };
-                if stop.load(Ordering::Relaxed) {
-                    let _ = tx.send((k, Err(Error::Stopped)));
-                    continue;
-                }
-                let root = roots.lock().expect("poisoned").remove(&k).expect("staged");
-                let mut w = Layer::<Stacked>::new(root, opts.ns);
-                let r = unpack(&inputs[k], &mut w, stop, true)
-                    .and_then(|d| Ok((w.finish()?, d.expect("hashed when asked"))));
-                if r.is_err() {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                let _ = tx.send((k, r));
-            });
-        }
+        let (todo, stop, roots, files) = (&todo, &stop, &roots, &files);
+        let work_tx = tx.clone();
+        spawn_workers(s, budget.workers(), todo.len(), move |i| {
+            let k = todo[i];
+            if stop.load(Ordering::Relaxed) {
+                let _ = work_tx.send((k, Err(Error::Stopped)));
+                return;
+            }
+            let root = roots.lock().expect("poisoned").remove(&k).expect("staged");
+            let mut w = Layer::<Stacked>::new(root, opts.ns, files.clone());
+            let r = unpack(&inputs[k], &mut w, stop, true)
+                .and_then(|d| Ok((w.finish()?, d.expect("hashed when asked"))));
+            if r.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let _ = work_tx.send((k, r));
+        });
         drop(tx);
         let r = commit_in_order(store, run, inputs, opts, &reused, &rx);
         if r.is_err() {

@@ -24,3 +24,5 @@ mod faults;
 mod deep;
 // Outputs: -o through devices/FIFOs, byte-identical gzip/zstd at any -j, --store refusals, real causes.
 mod outputs;
+// -j N as one thread budget: every job's peak thread count within its bound.
+mod threads;

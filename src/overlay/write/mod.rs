@@ -19,6 +19,7 @@
 use std::io::Read;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use crate::entry::{Entry, Sink};
 use crate::error::Result;
@@ -32,6 +33,7 @@ pub(crate) mod pool;
 pub(crate) mod settle;
 pub(crate) mod stream;
 
+pub(crate) use pool::FilePool;
 use stream::LayerWriter;
 
 /// Whether a layer has lowers to settle against later; chosen when the layer is made.
@@ -61,10 +63,10 @@ pub(crate) struct Layer<M: Mode> {
 }
 
 impl<M: Mode> Layer<M> {
-    /// A layer written into the empty directory `root`.
-    pub(crate) fn new(root: OwnedFd, ns: Namespace) -> Self {
+    /// A layer written into the empty directory `root`; small files are finished on `files`.
+    pub(crate) fn new(root: OwnedFd, ns: Namespace, files: Arc<FilePool>) -> Self {
         Layer {
-            w: LayerWriter::new(root, ns, M::DEFERRED),
+            w: LayerWriter::new(root, ns, M::DEFERRED, files),
             mode: PhantomData,
         }
     }

@@ -5,16 +5,20 @@
 //! extraction would. What it hands over is an already created, open file plus its bytes: the data
 //! write, owner, xattrs, mode and times touch only that inode, so their order relative to later
 //! entries does not matter (a file replaced meanwhile is an unlinked inode being filled, harmless).
-//! The writer drains the pool before anything reads what workers write: fixups and dir times.
+//! The writer drains its files before anything reads what workers write: fixups and dir times.
+//!
+//! One pool serves every layer of a run (`-j N` workers in all, not per layer); each layer keeps
+//! its own tally of files in flight, its first error and its warnings, so draining one layer never
+//! waits for another.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::entry::Meta;
 use crate::error::{Error, Result};
@@ -33,19 +37,19 @@ pub(crate) struct PendingFile {
     pub path: Vec<u8>,
 }
 
+/// One layer's files in the pool.
 #[derive(Default)]
-struct Shared {
+struct Tally {
+    /// Files handed over and not yet finished.
+    pending: Mutex<usize>,
+    done: Condvar,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
     warnings: Mutex<Vec<String>>,
 }
 
-/// A few worker threads; started on first use, joined by [`FilePool::drain`].
-pub(crate) struct FilePool {
-    threads: usize,
-    tx: Option<Sender<PendingFile>>,
-    workers: Vec<JoinHandle<()>>,
-    shared: Arc<Shared>,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn finish(job: PendingFile, warnings: &mut Vec<String>) -> Result<()> {
@@ -60,70 +64,132 @@ fn finish(job: PendingFile, warnings: &mut Vec<String>) -> Result<()> {
     )
 }
 
-impl FilePool {
-    /// A pool of `threads` workers (0: every file is finished inline by the caller).
-    pub fn new(threads: usize) -> Self {
-        FilePool {
-            threads,
-            tx: None,
-            workers: Vec::new(),
-            shared: Arc::default(),
-        }
-    }
-
-    /// Whether jobs can be handed over at all.
-    pub fn enabled(&self) -> bool {
-        self.threads > 0
-    }
-
-    /// Hand over a file. Fails early with a worker's error, if one failed.
-    pub fn submit(&mut self, job: PendingFile) -> Result<()> {
-        if self.shared.failed.load(Ordering::Relaxed) {
-            return self.drain().map(drop);
-        }
-        if self.tx.is_none() {
-            let (tx, rx) = bounded::<PendingFile>(64);
-            for _ in 0..self.threads {
-                let (rx, shared) = (rx.clone(), self.shared.clone());
-                self.workers.push(std::thread::spawn(move || {
-                    let mut warnings = Vec::new();
-                    for job in rx {
-                        if shared.failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        if let Err(e) = finish(job, &mut warnings) {
-                            shared.failed.store(true, Ordering::Relaxed);
-                            shared.error.lock().expect("poisoned").get_or_insert(e);
-                        }
-                    }
-                    shared.warnings.lock().expect("poisoned").extend(warnings);
-                }));
+fn work(rx: Receiver<Handed>) {
+    for (job, tally) in rx {
+        if !tally.failed.load(Ordering::Relaxed) {
+            let mut warnings = Vec::new();
+            match finish(job, &mut warnings) {
+                Ok(()) => lock(&tally.warnings).extend(warnings),
+                Err(e) => {
+                    tally.failed.store(true, Ordering::Relaxed);
+                    lock(&tally.error).get_or_insert(e);
+                }
             }
-            self.tx = Some(tx);
         }
-        self.tx
-            .as_ref()
-            .expect("started")
-            .send(job)
-            .map_err(|_| Error::Stopped)
+        let mut n = lock(&tally.pending);
+        *n -= 1;
+        if *n == 0 {
+            tally.done.notify_all();
+        }
+    }
+}
+
+/// A file and the tally of the layer it belongs to.
+type Handed = (PendingFile, Arc<Tally>);
+
+/// The file workers of a run; started on first use, joined when the last handle goes.
+pub(crate) struct FilePool {
+    threads: usize,
+    started: Mutex<Option<Started>>,
+}
+
+/// The workers, once started, and the sender that feeds them.
+struct Started {
+    tx: Sender<Handed>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl FilePool {
+    /// A pool of `threads` workers (0: every file is finished inline by its writer).
+    pub(crate) fn new(threads: usize) -> Arc<Self> {
+        Arc::new(FilePool {
+            threads,
+            started: Mutex::new(None),
+        })
     }
 
-    /// Wait for every handed-over file; the first error, or the warnings.
-    pub fn drain(&mut self) -> Result<Vec<String>> {
-        self.tx = None;
-        for w in self.workers.drain(..) {
-            w.join().expect("file worker panicked");
-        }
-        if let Some(e) = self.shared.error.lock().expect("poisoned").take() {
-            return Err(e);
-        }
-        Ok(std::mem::take(
-            &mut *self.shared.warnings.lock().expect("poisoned"),
-        ))
+    fn sender(&self) -> Sender<Handed> {
+        let mut started = lock(&self.started);
+        let started = started.get_or_insert_with(|| {
+            let (tx, rx) = bounded(64);
+            let workers = (0..self.threads)
+                .map(|_| {
+                    let rx = rx.clone();
+                    std::thread::spawn(move || work(rx))
+                })
+                .collect();
+            Started { tx, workers }
+        });
+        started.tx.clone()
     }
 }
 
 impl Drop for FilePool {
+    fn drop(&mut self) {
+        if let Some(Started { tx, workers }) = lock(&self.started).take() {
+            drop(tx);
+            for w in workers {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+/// One layer's use of the pool.
+pub(crate) struct LayerFiles {
+    // Before `pool`: fields drop in order, and the pool's last owner joins workers that stop only
+    // once every sender is gone.
+    tx: Option<Sender<Handed>>,
+    tally: Arc<Tally>,
+    pool: Arc<FilePool>,
+}
+
+impl LayerFiles {
+    pub(crate) fn new(pool: Arc<FilePool>) -> Self {
+        LayerFiles {
+            tx: None,
+            tally: Arc::default(),
+            pool,
+        }
+    }
+
+    /// Whether files can be handed over at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.pool.threads > 0
+    }
+
+    /// Hand over a file. Fails early with a worker's error, if one failed.
+    pub(crate) fn submit(&mut self, job: PendingFile) -> Result<()> {
+        if self.tally.failed.load(Ordering::Relaxed) {
+            return self.drain().map(drop);
+        }
+        let tx = match &self.tx {
+            Some(tx) => tx,
+            None => self.tx.insert(self.pool.sender()),
+        };
+        *lock(&self.tally.pending) += 1;
+        if tx.send((job, self.tally.clone())).is_err() {
+            *lock(&self.tally.pending) -= 1;
+            return Err(Error::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Wait for every file this layer handed over; the first error, or the warnings.
+    pub(crate) fn drain(&mut self) -> Result<Vec<String>> {
+        let mut n = lock(&self.tally.pending);
+        while *n > 0 {
+            n = self.tally.done.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(n);
+        if let Some(e) = lock(&self.tally.error).take() {
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut *lock(&self.tally.warnings)))
+    }
+}
+
+impl Drop for LayerFiles {
     fn drop(&mut self) {
         let _ = self.drain();
     }

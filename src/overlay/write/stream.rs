@@ -27,7 +27,7 @@ use crate::overlay::is_whiteout;
 use crate::overlay::write::attrs;
 use crate::overlay::write::cursor::Cursor;
 use crate::overlay::write::key::{ancestor_in, within, within_set, Key, Waiting};
-use crate::overlay::write::pool::{FilePool, PendingFile, SMALL};
+use crate::overlay::write::pool::{FilePool, LayerFiles, PendingFile, SMALL};
 use crate::overlay::Namespace;
 use crate::path::{join, show, split};
 use crate::resolve::{joined, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree};
@@ -79,7 +79,7 @@ pub(crate) struct LayerWriter {
     cache: Option<(Vec<u8>, Parent)>,
     buf: Vec<u8>,
     selinux_warned: bool,
-    pool: FilePool,
+    pool: LayerFiles,
 }
 
 /// The layer dir being written, as the resolver sees it: one open dir (`None`: the root).
@@ -180,7 +180,7 @@ fn exists(e: &io::Error) -> bool {
 impl LayerWriter {
     /// A writer into the empty directory `root`. With `deferred`, what needs the lower layers is
     /// recorded for [`LayerWriter::fix_against`](crate::overlay::write::settle); without, it is refused.
-    pub(crate) fn new(root: OwnedFd, ns: Namespace, deferred: bool) -> Self {
+    pub(crate) fn new(root: OwnedFd, ns: Namespace, deferred: bool, pool: Arc<FilePool>) -> Self {
         let mut dir_times = BTreeMap::new();
         dir_times.insert(Key::from(Vec::new()), (0, 0));
         LayerWriter {
@@ -198,7 +198,7 @@ impl LayerWriter {
             cache: None,
             buf: vec![0; 1 << 20],
             selinux_warned: false,
-            pool: FilePool::new(FILE_THREADS),
+            pool: LayerFiles::new(pool),
         }
     }
 
@@ -857,10 +857,6 @@ impl Sink for LayerWriter {
         }
     }
 }
-
-/// Worker threads per layer that finish small files (see `overlay::pool`): two keep up with one
-/// tar stream (measured in issue 3's benchmarks); more only contend for the same directories.
-const FILE_THREADS: usize = 2;
 
 /// Read exactly `buf.len()` bytes of entry data; a short stream is a malformed tar.
 fn read_data(data: &mut dyn Read, buf: &mut [u8], path: &[u8]) -> Result<()> {
