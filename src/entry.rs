@@ -20,6 +20,18 @@ pub const MAX_LINKS: usize = 40;
 /// cost of one hostile member small (every walk is linear in the path, so this bounds it).
 pub const MAX_DEPTH: usize = 4096;
 
+/// The kernel's device number encoding keeps 12 bits of major and 20 of minor; `mknodat`'s `dev`
+/// argument is 32 bits wide, so larger values would be silently truncated into another device
+/// (possibly 0/0, a whiteout). Callers check [`dev_fits`] first.
+pub const MAX_MAJOR: u32 = 0xfff;
+/// See [`MAX_MAJOR`].
+pub const MAX_MINOR: u32 = 0xf_ffff;
+
+/// Whether `major:minor` survives `mknodat` unchanged.
+pub fn dev_fits(major: u32, minor: u32) -> bool {
+    major <= MAX_MAJOR && minor <= MAX_MINOR
+}
+
 /// One change: a path and what is there (or that nothing is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

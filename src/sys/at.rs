@@ -14,7 +14,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::entry::Xattrs;
+use crate::entry::{dev_fits, Xattrs};
 
 fn cstr(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
@@ -97,18 +97,6 @@ pub fn flock(fd: impl AsFd, exclusive: bool, nonblocking: bool) -> io::Result<bo
         Err(Errno::WOULDBLOCK) if nonblocking => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The kernel's device number encoding keeps 12 bits of major and 20 of minor; `mknodat`'s `dev`
-/// argument is 32 bits wide, so larger values would be silently truncated into another device
-/// (possibly 0/0, a whiteout). Callers check [`dev_fits`] first.
-pub const MAX_MAJOR: u32 = 0xfff;
-/// See [`MAX_MAJOR`].
-pub const MAX_MINOR: u32 = 0xf_ffff;
-
-/// Whether `major:minor` survives `mknodat` unchanged.
-pub fn dev_fits(major: u32, minor: u32) -> bool {
-    major <= MAX_MAJOR && minor <= MAX_MINOR
 }
 
 /// What `mknodat` creates.

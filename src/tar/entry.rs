@@ -1,10 +1,9 @@
 //! Tar members -> changeset entries: name cleaning, whiteout names, type checks. Pure; every refusal
 //! names the member and the rule (image-spec layer.md; semantics.md A2, A3, D).
 
-use crate::entry::{Entry, Kind, Meta};
+use crate::entry::{dev_fits, Entry, Kind, Meta};
 use crate::error::{Error, Result, Rule};
 use crate::path::{check_depth, join, show, RelPath};
-use crate::sys::dev_fits;
 use crate::tar::read::TarEntry;
 use crate::tar::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 

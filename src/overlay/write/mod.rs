@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! Layer<M>  ──put(entry)...──> finish() ──> Unsettled<M> ──settle(lowers) / standalone()──> Settled
-//!   stream.rs (entries; files on pool.rs)      settle.rs (what the layer owes its lowers)     seal()
+//!   stream.rs, parents.rs, markers.rs          settle.rs (what the layer owes its lowers)     seal()
+//!   (files finished on pool.rs)
 //! ```
 //! - **Writing** ([`Layer`], a [`Sink`]): each entry is made inside the layer root
-//!   (`stream.rs`); small files are finished on worker threads (`pool.rs`). What needs the lower
+//!   (`stream.rs`), its parents resolved there (`parents.rs`), markers written as the kernel reads
+//!   them (`markers.rs`); small files are finished on worker threads (`pool.rs`). What needs the lower
 //!   layers is recorded, or refused when there are none.
 //! - **Settling** ([`Unsettled`]): a layer of a stack ([`Stacked`]) is settled against its lowers
 //!   once they are complete (`settle.rs`: implied dirs' attributes, hardlinks to lower files, an
@@ -29,6 +31,8 @@ use crate::overlay::Namespace;
 pub(crate) mod attrs;
 pub(crate) mod cursor;
 pub(crate) mod key;
+mod markers;
+mod parents;
 pub(crate) mod pool;
 pub(crate) mod settle;
 pub(crate) mod stream;

@@ -19,14 +19,15 @@ use crate::overlay::read::lower::{last, Found, LowerView};
 use crate::overlay::write::attrs;
 use crate::overlay::write::cursor::Cursor;
 use crate::overlay::write::key::Key;
-use crate::overlay::write::stream::{LayerWriter, Purpose};
+use crate::overlay::write::parents::Purpose;
+use crate::overlay::write::stream::LayerWriter;
 use crate::path::show;
 use crate::path::{is_within, join, split};
 use crate::sys::{self, FileType, Node, Stat};
 
 impl LayerWriter {
     /// Settle everything that depends on the lower layers (`view`, topmost first).
-    pub(crate) fn settle(&mut self, view: &LowerView) -> Result<()> {
+    pub(super) fn settle(&mut self, view: &LowerView) -> Result<()> {
         self.drain()?;
         if self.root_opaque {
             self.opaque_root(view)?;
