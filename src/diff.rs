@@ -22,7 +22,8 @@ use crate::overlay::read::upper::{walk, FileRef, Item, WalkOptions, Warning};
 use crate::sys;
 use crate::tar::write::{TarWriter, WriteOptions};
 
-/// What to produce.
+/// Everything besides the upper that decides a diff's bytes: the same upper and options always
+/// give the same blob, at any `jobs`.
 #[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
     /// How to read the upper (namespace, lowers).
@@ -31,13 +32,13 @@ pub struct DiffOptions {
     pub compression: Compression,
     /// Compression level (`None`: gzip 6, zstd 3).
     pub level: Option<i32>,
-    /// Compression worker threads (0 = all cores).
+    /// The thread budget (0 = all cores): compressor workers.
     pub jobs: usize,
     /// Tar writer options (mtime clamp).
     pub write: WriteOptions,
 }
 
-/// The result of a diff.
+/// What a registry push needs: the blob's descriptor with the diffID an image config lists.
 #[derive(Debug, Clone)]
 pub struct DiffReport {
     /// The blob's descriptor with its diffID.

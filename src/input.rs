@@ -23,7 +23,8 @@ use crate::digest;
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Where a layer's bytes come from.
+/// Where a layer's bytes come from. Standard input can be read once, so jobs that would read a
+/// file twice (the store's reuse check) read stdin once.
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A file.
@@ -32,7 +33,7 @@ pub enum Source {
     Stdin,
 }
 
-/// One layer argument.
+/// A layer as the user named it: the name is what every error and report says.
 #[derive(Debug, Clone)]
 pub struct Input {
     /// How the user named it (for messages and reports).

@@ -2,26 +2,33 @@
 //! directories on a host and OCI layer tarballs in a registry.
 //!
 //! # Brief overview
-//! Everything is a stream of [`entry::Entry`] values (a path plus file / dir / symlink / hardlink /
-//! device / fifo / whiteout / opaque marker). Sources produce them, sinks consume them:
+//! Everything is a stream of [`entry::Entry`] values: a [`RelPath`] plus file / dir / symlink /
+//! hardlink / device / fifo / whiteout / opaque marker. Sources produce them and push them into an
+//! [`entry::Sink`]; each job is one wiring of sources and sinks, and the jobs share parts but never
+//! call each other:
 //!
 //! ```text
-//! diff:   overlay::walk (upper + lowers) -> tar::write::TarWriter -> output (compress, digests)
-//! apply:  compress::decoder -> tar::read::Reader -> overlay::write::LayerWriter -> store
-//! squash: squash::index (per layer, in parallel) -> squash::merge -> TarWriter -> output
+//! diff:   upper walk -> tar writer -> blob (diffID, compressor, digest)   [diff], [diff_to_file]
+//! apply:  input (decompress, digests) -> tar reader -> layer writer        [apply_into], [apply_store]
+//! squash: input -> tar reader -> index (per layer, in parallel) -> merge
+//!         -> tar writer (verbatim copies) -> blob                          [squash], [squash_to_file]
 //! ```
 //!
-//! Each codec owns its wire form of deletions: the tar codec speaks `.wh.` names, the overlay codec
-//! char 0/0 devices and `<ns>.overlay.opaque`; nothing else in the crate knows either.
+//! Each codec owns its wire form of deletions: the tar codec ([`tar`]) speaks `.wh.` names, the
+//! overlay codec char 0/0 devices and `<ns>.overlay.opaque`; nothing else in the crate knows
+//! either. Refusals of hostile input are [`Error::Rejected`] with the [`Rule`] broken, so callers
+//! match on the rule, not on text. `-j` ([`ApplyOptions::jobs`], [`BlobOptions::jobs`],
+//! [`DiffOptions::jobs`]) is one budget: at most that many workers of each kind for the whole run.
 //!
 //! ```no_run
-//! use layerkit::{diff_to_file, DiffOptions};
-//! use layerkit::Compression;
+//! use layerkit::{diff_to_file, Compression, DiffOptions};
 //! let opts = DiffOptions { compression: Compression::Zstd, ..Default::default() };
 //! let report = diff_to_file("/var/lib/ovl/upper".as_ref(), "layer.tar.zst".as_ref(), &opts)?;
 //! println!("{} {}", report.descriptor.digest, report.descriptor.diff_id);
 //! # Ok::<(), layerkit::Error>(())
 //! ```
+//!
+//! The README's "Library" section has one example per job; they are compiled as doctests here.
 
 mod apply;
 #[cfg(feature = "cli")]
@@ -54,6 +61,7 @@ pub use input::{Input, Source};
 pub use output::BlobOptions;
 pub use overlay::read::upper::WalkOptions;
 pub use overlay::Namespace;
+pub use path::RelPath;
 pub use squash::{squash, squash_to_file, SquashOptions};
 pub use staging::remove_on_signals;
 pub use store::apply_store;
@@ -66,3 +74,8 @@ pub use unpack::{ApplyOptions, ApplyReport, LayerReport};
 pub mod fuzzing {
     pub use crate::squash::index::index;
 }
+
+/// The README's examples, compiled by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

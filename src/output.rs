@@ -21,14 +21,16 @@ use crate::error::{Error, Outcomes, Result};
 use crate::staging;
 use crate::sys;
 
-/// How to encode the blob.
+/// How a layer blob is encoded. The bytes depend on the compression and level only, never on
+/// `jobs`, so digests are reproducible.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlobOptions {
     /// Blob compression.
     pub compression: Compression,
     /// Compression level (`None`: gzip 6, zstd 3).
     pub level: Option<i32>,
-    /// Compression worker threads (0 = all cores).
+    /// The thread budget (0 = all cores): compressor workers, and for squash also layers read at
+    /// once.
     pub jobs: usize,
     /// Leave out both sha256 digests (the descriptor's `digest` and `diff_id` come back empty):
     /// a caller that shows no descriptor saves a hash of every byte, twice.

@@ -18,19 +18,21 @@ use crate::overlay::Namespace;
 use crate::tar::entry::to_entry;
 use crate::tar::read::Reader;
 
-/// What to write.
+/// How layers are written. The marker namespace must be the one of the mount that will read them:
+/// a `userxattr` mount ignores `trusted.overlay.*`, and lower files would show through.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
     /// Marker namespace (`user` for `userxattr` mounts).
     pub ns: Namespace,
-    /// Layers unpacked at once (0 = all cores).
+    /// The thread budget (0 = all cores): layers unpacked at once, and workers finishing small
+    /// files for all of them.
     pub jobs: usize,
     /// `--into` only: leave out the diffID (the store always needs it for ids). Hashing is a
     /// quarter of the CPU time of a one-layer unpack, wasted when nobody reads the digest.
     pub skip_digests: bool,
 }
 
-/// One unpacked layer.
+/// One unpacked layer: what names it in an image config (diffID) and in a store (chainID).
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
     /// The layer argument as given.
@@ -47,7 +49,8 @@ pub struct LayerReport {
     pub reused: bool,
 }
 
-/// The result of an apply.
+/// What a mount needs from an apply: each layer's dir, and the `lowerdir=` value that stacks
+/// them.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyReport {
     /// Bottom first.

@@ -27,10 +27,11 @@ use crate::threads::{map_in_order, Budget};
 use index::{Layer, LayerIndex, Range};
 use merge::{Merger, Step};
 
-/// What to produce.
+/// How to squash. Without `flatten`, the result does to any base what the stack does; with it,
+/// it is a complete tree for an empty base (no markers at all).
 #[derive(Debug, Clone, Default)]
 pub struct SquashOptions {
-    /// Blob compression, level and worker threads (also the number of layers read at once).
+    /// Blob compression and level, and the thread budget (layers read at once, compressors).
     pub blob: BlobOptions,
     /// The result is for an empty base: no whiteouts, no opaque markers, every dir named.
     pub flatten: bool,
