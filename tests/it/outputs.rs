@@ -49,15 +49,6 @@ for f in range(mib * 4):
 }
 
 /// A layer tar of `dir`'s contents by GNU tar.
-fn gnu_tar(dir: &Path, out: &Path) {
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .args(["--format=pax", "-cf"])
-        .arg(out)
-        .arg("."));
-}
-
 #[test]
 fn gzip_and_zstd_bytes_are_the_same_for_every_run_and_jobs() {
     // Regression: gzip blocks once depended on which blocks a worker had compressed before, so

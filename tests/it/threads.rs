@@ -8,15 +8,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn gnu_tar(dir: &Path, out: &Path) {
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .args(["--format=pax", "-cf"])
-        .arg(out)
-        .arg("."));
-}
-
 /// A tree of many small files (the file pool's work) and some noise (the compressors').
 fn tree(dir: &Path, seed: u64) {
     noise_files(&dir.join("noise"), 8, seed);

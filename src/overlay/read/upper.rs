@@ -215,20 +215,18 @@ impl Walker<'_> {
             children.into_iter().partition(|c| c.whiteout);
         for c in whiteouts {
             let path = join(rel, &c.name);
-            self.put(
-                Entry {
-                    path: RelPath::from_clean(path),
-                    kind: Kind::Whiteout,
-                    meta: Meta::default(),
-                },
-                None,
-                PathBuf::new(),
-            )?;
+            self.put_plain(path, Kind::Whiteout, Meta::default())?;
         }
         for c in others {
             self.child(&fd, rel, ctx, c)?;
         }
         Ok(())
+    }
+
+    /// An entry without data to read (anything but a regular file).
+    fn put_plain(&mut self, path: Vec<u8>, kind: Kind, meta: Meta) -> Result<()> {
+        let path = RelPath::from_clean(path);
+        self.put(Entry { path, kind, meta }, None, PathBuf::new())
     }
 
     fn put(&mut self, entry: Entry, data: Option<FileRef>, display: PathBuf) -> Result<()> {
@@ -271,25 +269,9 @@ impl Walker<'_> {
                         return Err(needs_lower("redirected directory"));
                     }
                     let src = resolve_redirect(redirect, ctx.lower.as_deref().unwrap_or_default());
-                    self.put(
-                        Entry {
-                            path: RelPath::from_clean(path.clone()),
-                            kind: Kind::Dir,
-                            meta,
-                        },
-                        None,
-                        PathBuf::new(),
-                    )?;
+                    self.put_plain(path.clone(), Kind::Dir, meta)?;
                     if !ctx.redirected && self.lowers.has_dir(&path)? {
-                        self.put(
-                            Entry {
-                                path: RelPath::from_clean(path.clone()),
-                                kind: Kind::Opaque,
-                                meta: Meta::default(),
-                            },
-                            None,
-                            PathBuf::new(),
-                        )?;
+                        self.put_plain(path.clone(), Kind::Opaque, Meta::default())?;
                     }
                     let lower = if c.markers.is_opaque() {
                         None
@@ -305,15 +287,7 @@ impl Walker<'_> {
                         },
                     );
                 }
-                self.put(
-                    Entry {
-                        path: RelPath::from_clean(path.clone()),
-                        kind: Kind::Dir,
-                        meta,
-                    },
-                    None,
-                    PathBuf::new(),
-                )?;
+                self.put_plain(path.clone(), Kind::Dir, meta)?;
                 let opaque = c.markers.is_opaque();
                 if opaque && !ctx.redirected {
                     let needed = match &lower_path {
@@ -321,15 +295,7 @@ impl Walker<'_> {
                         None => true,
                     };
                     if needed {
-                        self.put(
-                            Entry {
-                                path: RelPath::from_clean(path.clone()),
-                                kind: Kind::Opaque,
-                                meta: Meta::default(),
-                            },
-                            None,
-                            PathBuf::new(),
-                        )?;
+                        self.put_plain(path.clone(), Kind::Opaque, Meta::default())?;
                     }
                 }
                 let lower = if opaque { None } else { lower_path };
@@ -345,15 +311,7 @@ impl Walker<'_> {
             FileType::RegularFile => {
                 let meta = meta_of(&c.st, c.xattrs);
                 if let Some(target) = self.link_target(&c.st, &path) {
-                    return self.put(
-                        Entry {
-                            path: RelPath::from_clean(path),
-                            kind: Kind::Hardlink { target },
-                            meta,
-                        },
-                        None,
-                        PathBuf::new(),
-                    );
+                    return self.put_plain(path, Kind::Hardlink { target }, meta);
                 }
                 let size = c.st.st_size as u64;
                 let data = if c.markers.metacopy {
@@ -407,15 +365,7 @@ impl Walker<'_> {
                     Some(target) => Kind::Hardlink { target },
                     None => kind,
                 };
-                self.put(
-                    Entry {
-                        path: RelPath::from_clean(path),
-                        kind,
-                        meta,
-                    },
-                    None,
-                    PathBuf::new(),
-                )
+                self.put_plain(path, kind, meta)
             }
         }
     }
@@ -426,15 +376,7 @@ impl Walker<'_> {
             Found::Absent => Ok(()),
             Found::Dir { layer, st } => {
                 let (_, xattrs, _, _) = self.lowers.node(layer, lrel)?;
-                self.put(
-                    Entry {
-                        path: RelPath::from_clean(out.to_vec()),
-                        kind: Kind::Dir,
-                        meta: meta_of(&st, xattrs),
-                    },
-                    None,
-                    PathBuf::new(),
-                )?;
+                self.put_plain(out.to_vec(), Kind::Dir, meta_of(&st, xattrs))?;
                 for n in self.lowers.merged_names(lrel)? {
                     self.lower_entry(&join(out, &n), &join(lrel, &n))?;
                 }
@@ -453,15 +395,7 @@ impl Walker<'_> {
                     return Ok(());
                 }
                 if let Some(target) = self.link_target(&st, out) {
-                    return self.put(
-                        Entry {
-                            path: RelPath::from_clean(out.to_vec()),
-                            kind: Kind::Hardlink { target },
-                            meta,
-                        },
-                        None,
-                        PathBuf::new(),
-                    );
+                    return self.put_plain(out.to_vec(), Kind::Hardlink { target }, meta);
                 }
                 let kind = match ft {
                     FileType::RegularFile => {
@@ -501,15 +435,7 @@ impl Walker<'_> {
                         sys::readlinkat(&*dir, &name).map_err(|e| Error::io(&p, e))
                     })?,
                 };
-                self.put(
-                    Entry {
-                        path: RelPath::from_clean(out.to_vec()),
-                        kind,
-                        meta,
-                    },
-                    None,
-                    PathBuf::new(),
-                )
+                self.put_plain(out.to_vec(), kind, meta)
             }
         }
     }

@@ -14,7 +14,7 @@ use super::model::{
 use super::raw::{
     assert_raw_ok, fresh_dirs, opaque_dirs, raw_from_members, raw_problems, whiteouts,
 };
-use super::{fresh, plain_tar, quiet, squash_cmd, squash_to, tree_text};
+use super::{fresh, no_links, plain_tar, quiet, squash_cmd, squash_to, tree_text};
 use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -287,14 +287,6 @@ impl Case {
         flat_bases: &[&str],
     ) -> Result<(), String> {
         let stack: Vec<&Path> = self.tars.iter().map(|p| p.as_path()).collect();
-        let no_links = |t: &str| -> String {
-            t.lines()
-                .map(|l| {
-                    let f: Vec<&str> = l.split(' ').filter(|f| !f.starts_with("link=")).collect();
-                    format!("{}\n", f.join(" "))
-                })
-                .collect()
-        };
         for ((name, b), want) in self.bases.iter().zip(self.want()) {
             let (law, flat) = (
                 law_bases.contains(&name.as_str()),

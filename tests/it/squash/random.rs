@@ -16,7 +16,7 @@ use super::model::{
     ancestors, dirs_base, files_base, parse_layer, write_tar, Attrs, Change, Fs, Kind, Render,
 };
 use super::raw::{raw_from_tar, raw_problems};
-use super::squash_cmd;
+use super::{no_links, squash_cmd};
 use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -614,14 +614,6 @@ fn kernel_law(stack: &Stack) -> Result<(), String> {
         }
         // The stack itself through layerapply: its quirks are not squash's, so they are noted,
         // not failed (semantics.md A4: links to lower files are copies, so groups may differ).
-        let no_links = |t: &str| -> String {
-            t.lines()
-                .map(|l| {
-                    let f: Vec<&str> = l.split(' ').filter(|f| !f.starts_with("link=")).collect();
-                    format!("{}\n", f.join(" "))
-                })
-                .collect()
-        };
         let k_stack = c
             .try_store(&Case::with_base(&base_tar, &stack_tars))
             .and_then(|ld| merged_view(c.tmp.path(), &ld));

@@ -715,3 +715,13 @@ pub fn peak_rss_kib(cmd: &Command) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A PAX tar of `dir` by GNU tar (an independent writer).
+pub fn gnu_tar(dir: &Path, out: &Path) {
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["--format=pax", "-cf"])
+        .arg(out)
+        .arg("."));
+}
