@@ -1,9 +1,9 @@
-//! What the two apply jobs (`--into`: [`crate::apply`], `--store`: [`crate::store`]) share: their
+//! What the two apply jobs (`--into`: `apply.rs`, `--store`: `store/`) share: their
 //! options and report, and one layer's bytes pumped through the tar reader into a layer writer.
 //!
 //! ```text
 //! input::read_plain (reader thread: file -> digests, decompressor) ──plain tar──>
-//! caller's thread: tar::read -> tar::entry -> overlay::write::LayerWriter (syscalls)
+//! caller's thread: tar::read -> tar::entry -> overlay::write::Layer (syscalls)
 //! ```
 
 use std::io;

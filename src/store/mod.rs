@@ -2,8 +2,8 @@
 //! (layout in [`layout`]), unpacked concurrently and committed bottom-up.
 //!
 //! ```text
-//! workers (-j): layer k -> staging/<run>/<k>/diff     (unpack::unpack, all layers at once)
-//! main thread, k = 0, 1, ...: wait for k -> settle against the lowers (overlay::fixup)
+//! workers (-j): layer k -> staging/<run>/<k>/diff     (unpack::unpack, -j layers at once)
+//! main thread, k = 0, 1, ...: wait for k -> settle against the lowers (overlay::write::settle)
 //!                             -> chainID -> lock; rename to <id>, link, l/SHORT; unlock
 //! ```
 //! Safety: a layer is renamed into place only when complete, under `.layerkit/lock`, with

@@ -477,7 +477,7 @@ fn resolve_redirect(redirect: &[u8], lower_parent: &[u8]) -> Vec<u8> {
 }
 
 /// The read-only lower layers, merged as overlayfs merges them: the store's own merged view
-/// (`overlay::lower`), by descriptor, so there is one definition of what the layers below show.
+/// (`overlay::read::lower`), by descriptor, so there is one definition of what the layers below show.
 struct Lowers {
     /// For messages only.
     roots: Vec<PathBuf>,

@@ -1,5 +1,5 @@
 //! Setting a node's attributes: the one place that does it, for entries of the tar (the writer and
-//! its file pool) and for nodes copied from a lower layer (the store's fixups). The order is the
+//! its file pool) and for nodes copied from a lower layer (settling a store layer). The order is the
 //! kernel's: owner first (chown clears setuid and setgid), then xattrs, then the mode, then times
 //! (last: every other change updates ctime only, but a directory's time waits for its children,
 //! so the caller may leave it out).

@@ -5,7 +5,7 @@
 //! extraction would. What it hands over is an already created, open file plus its bytes: the data
 //! write, owner, xattrs, mode and times touch only that inode, so their order relative to later
 //! entries does not matter (a file replaced meanwhile is an unlinked inode being filled, harmless).
-//! The writer drains its files before anything reads what workers write: fixups and dir times.
+//! The writer drains its files before anything reads what workers write: settling and dir times.
 //!
 //! One pool serves every layer of a run (`-j N` workers in all, not per layer); each layer keeps
 //! its own tally of files in flight, its first error and its warnings, so draining one layer never
