@@ -20,6 +20,7 @@ use crate::error::{Error, Outcomes, Result};
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::overlay::read::upper::{walk, FileRef, Item, WalkOptions, Warning};
 use crate::sys;
+use crate::tar;
 use crate::tar::write::{TarWriter, WriteOptions};
 
 /// Everything besides the upper that decides a diff's bytes: the same upper and options always
@@ -69,7 +70,7 @@ pub fn diff<W: Write + Send + 'static>(
                 .name("layerkit-walk".into())
                 .stack_size((1 << 20) + crate::entry::MAX_DEPTH * (4 << 10))
                 .spawn_scoped(s, move || {
-                    walk(upper, &opts.walk, &mut |item| {
+                    walk(upper, &opts.walk, tar::representable, &mut |item| {
                         item_tx.send(item).map_err(|_| Error::Stopped)
                     })
                 })

@@ -121,8 +121,8 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
-    /// The system refused what the run needs to start (a thread).
-    #[error("cannot start the {what}: {source}")]
+    /// A thread of the run could not start, or died (a panic).
+    #[error("{what} failed: {source}")]
     Resource {
         /// What could not be started.
         what: &'static str,

@@ -13,10 +13,10 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use layerkit::{apply_into, ApplyOptions, Input};
 use layerkit::compress::{decoder, Compression};
 use layerkit::entry::{Entry, Kind, Sink as _};
 use layerkit::tar::{to_entry, Reader, TarEntry, TarWriter, WriteOptions};
+use layerkit::{apply_into, ApplyOptions, Input};
 
 /// Largest amount of decompressed data a target reads from one input. Decompression bombs are
 /// legal layers (a layer may be gigabytes); past this the target stops reading, it is not a bug.

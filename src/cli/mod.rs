@@ -61,7 +61,7 @@ pub fn main(who: Personality) -> ExitCode {
         }
         // The one output the library cannot name is ours.
         Err(Error::Output { path: None, source }) => {
-            eprintln!("{prog}: stdout: {}", one_line(&source.to_string()));
+            eprintln!("{prog}: <stdout>: {}", one_line(&source.to_string()));
             ExitCode::FAILURE
         }
         Err(e) => {

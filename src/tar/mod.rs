@@ -14,6 +14,12 @@ pub use write::{TarWriter, WriteOptions};
 
 /// Prefix of a whiteout name; no real file in a layer may start with it.
 pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// Whether a real file may have this name in a layer: not under a whiteout's prefix, which every
+/// reader takes as a deletion (image-spec layer.md "Whiteouts").
+pub(crate) fn representable(name: &[u8]) -> bool {
+    !name.starts_with(WHITEOUT_PREFIX)
+}
+
 /// Name of the opaque marker inside a directory.
 pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// PAX record prefix of an extended attribute (the form GNU tar, Go and libarchive read).

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use crate::entry::{Entry, Kind, Meta, Sink};
 use crate::error::{Error, Result, Rule};
 use crate::path::show;
-use crate::tar::{BLOCK, OPAQUE_MARKER, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
+use crate::tar::{representable, BLOCK, OPAQUE_MARKER, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
 
 /// Buffered output is handed on in chunks of this size, the unit the compressors work on.
 const CHUNK: usize = 1 << 20;
@@ -255,10 +255,10 @@ struct Header<'a> {
 
 impl<W: Write> Sink for TarWriter<W> {
     fn put(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()> {
-        // A real file under a whiteout's name would read back as a deletion.
-        if !matches!(entry.kind, Kind::Whiteout | Kind::Opaque)
-            && split_last(&entry.path).1.starts_with(WHITEOUT_PREFIX)
-        {
+        // A real file under a whiteout's name would read back as a deletion, and a whiteout of
+        // such a name as an AUFS marker or an opaque marker (`.wh..wh..opq`). Sources refuse
+        // these names first (the upper walk, the tar reader); this is the backstop.
+        if entry.kind != Kind::Opaque && !representable(split_last(&entry.path).1) {
             return Err(Error::rejected(show(&entry.path), Rule::WhiteoutPrefix, ""));
         }
         let Meta {
@@ -461,6 +461,30 @@ mod tests {
         assert!(!octal_fits(&mut f, 0o10000000));
         let mut s = [0u8; 12];
         assert!(!octal_fits(&mut s, 8 << 30));
+    }
+
+    #[test]
+    fn names_under_the_whiteout_prefix_are_refused_whatever_the_kind() {
+        let entry = |p: &[u8], kind: Kind| Entry {
+            path: crate::path::RelPath::new(p.to_vec()).unwrap(),
+            kind,
+            meta: Meta::default(),
+        };
+        for e in [
+            entry(b"d/.wh.f", Kind::File { size: 0 }),
+            entry(b".wh.d", Kind::Dir),
+            entry(b"d/.wh..opq", Kind::Whiteout),
+            entry(b"d/.wh.x", Kind::Whiteout),
+        ] {
+            let mut w = TarWriter::new(Vec::new(), WriteOptions::default());
+            let err = w.put(&e, &mut std::io::empty()).unwrap_err();
+            assert_eq!(err.rule(), Some(Rule::WhiteoutPrefix), "{:?}", e.path);
+        }
+        let mut w = TarWriter::new(Vec::new(), WriteOptions::default());
+        w.put(&entry(b"d", Kind::Opaque), &mut std::io::empty())
+            .unwrap();
+        w.put(&entry(b"d/x.wh.", Kind::Whiteout), &mut std::io::empty())
+            .unwrap();
     }
 
     fn file(size: u64) -> Entry {

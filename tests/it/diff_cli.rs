@@ -63,6 +63,22 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         &out,
     );
 
+    // A whiteout (char 0/0) whose own name starts with .wh. cannot be said in a tar either:
+    // `.wh..opq` would come out as `.wh..wh..opq`, an opaque marker for the whole dir.
+    if need_root("mknod") {
+        for name in [".wh..opq", ".wh.x"] {
+            let wd = t.path().join(format!("whdev{}", name.len()));
+            std::fs::create_dir_all(wd.join("sub")).unwrap();
+            sh(&wd, &format!("mknod 'sub/{name}' c 0 0"));
+            let want = format!("sub/{name}");
+            assert_fails_cleanly(
+                layerdiff().arg(&wd).arg("-o").arg(&out),
+                &[want.as_str(), "cannot be represented"],
+                &out,
+            );
+        }
+    }
+
     let ok = t.path().join("ok");
     std::fs::create_dir(&ok).unwrap();
     std::fs::write(ok.join("a"), b"a").unwrap();

@@ -59,10 +59,16 @@ pub struct WalkOptions {
 /// Something the walk skipped or noticed that a user should hear about.
 pub type Warning = String;
 
-/// Walk `upper`, calling `emit` for each entry in stream order. Returns the warnings.
+/// Whether a name can be emitted; the output format's rule (a tar cannot hold `.wh.` names),
+/// applied as each dir is listed so that nothing below a refused name is read first.
+pub type NameRule = fn(&[u8]) -> bool;
+
+/// Walk `upper`, calling `emit` for each entry in stream order; a name `representable` refuses is
+/// an error ([`Rule::WhiteoutPrefix`]). Returns the warnings.
 pub fn walk(
     upper: &Path,
     opts: &WalkOptions,
+    representable: NameRule,
     emit: &mut dyn FnMut(Item) -> Result<()>,
 ) -> Result<Vec<Warning>> {
     let root = sys::open_dir(upper).map_err(|e| Error::io(upper, e))?;
@@ -93,6 +99,7 @@ pub fn walk(
         },
         links: HashMap::new(),
         warnings: Vec::new(),
+        representable,
         emit,
     };
     let ctx = Ctx {
@@ -121,6 +128,7 @@ struct Walker<'a> {
     /// (dev, ino) of files with several names -> path of the first name emitted.
     links: HashMap<(u64, u64), Vec<u8>>,
     warnings: Vec<Warning>,
+    representable: NameRule,
     emit: &'a mut dyn FnMut(Item) -> Result<()>,
 }
 
@@ -160,6 +168,13 @@ impl Walker<'_> {
         let mut children = Vec::with_capacity(names.len());
         for name in names {
             let path = join(rel, &name);
+            if !(self.representable)(&name) {
+                return Err(Error::rejected(
+                    self.upper_path(&path),
+                    Rule::WhiteoutPrefix,
+                    "",
+                ));
+            }
             let st = sys::lstatat(&*fd, &name).map_err(|e| Error::io(self.upper_path(&path), e))?;
             // By the open dir, not by path: a path past PATH_MAX (4,096 bytes) is still walked.
             let raw = sys::lget_all_xattrs_at(fd.as_fd(), &name)
@@ -372,6 +387,14 @@ impl Walker<'_> {
 
     /// Emit the lower node at `lrel` (merged view of the lowers) under output path `out`, recursively.
     fn lower_entry(&mut self, out: &[u8], lrel: &[u8]) -> Result<()> {
+        let name = out.rsplit(|&b| b == b'/').next().unwrap_or(out);
+        if !(self.representable)(name) {
+            return Err(Error::rejected(
+                self.lowers.display(lrel),
+                Rule::WhiteoutPrefix,
+                "",
+            ));
+        }
         match self.lowers.view(lrel, 0)? {
             Found::Absent => Ok(()),
             Found::Dir { layer, st } => {

@@ -8,8 +8,8 @@
 //! The writer drains its files before anything reads what workers write: settling and dir times.
 //!
 //! One pool serves every layer of a run (`-j N` workers in all, not per layer); each layer keeps
-//! its own tally of files in flight, its first error and its warnings, so draining one layer never
-//! waits for another.
+//! its own tally of files in flight, its first error and its warnings, so draining one layer waits
+//! for its own files only (which may be queued behind other layers').
 
 use std::fs::File;
 use std::io::Write;
@@ -64,8 +64,31 @@ fn finish(job: PendingFile, warnings: &mut Vec<String>) -> Result<()> {
     )
 }
 
+/// A file counted in its layer's tally until dropped, however it goes: finished, skipped, left
+/// in the channel when the workers are gone, or dropped by a worker's panic (then the layer fails
+/// instead of waiting forever).
+struct Counted(Arc<Tally>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::Relaxed);
+            lock(&self.0.error).get_or_insert(Error::Resource {
+                what: "file worker",
+                source: std::io::Error::other("it panicked"),
+            });
+        }
+        let mut n = lock(&self.0.pending);
+        *n -= 1;
+        if *n == 0 {
+            self.0.done.notify_all();
+        }
+    }
+}
+
 fn work(rx: Receiver<Handed>) {
-    for (job, tally) in rx {
+    for (job, counted) in rx {
+        let tally = &counted.0;
         if !tally.failed.load(Ordering::Relaxed) {
             let mut warnings = Vec::new();
             match finish(job, &mut warnings) {
@@ -76,16 +99,11 @@ fn work(rx: Receiver<Handed>) {
                 }
             }
         }
-        let mut n = lock(&tally.pending);
-        *n -= 1;
-        if *n == 0 {
-            tally.done.notify_all();
-        }
     }
 }
 
 /// A file and the tally of the layer it belongs to.
-type Handed = (PendingFile, Arc<Tally>);
+type Handed = (PendingFile, Counted);
 
 /// The file workers of a run; started on first use, joined when the last handle goes.
 pub(crate) struct FilePool {
@@ -168,11 +186,9 @@ impl LayerFiles {
             None => self.tx.insert(self.pool.sender()),
         };
         *lock(&self.tally.pending) += 1;
-        if tx.send((job, self.tally.clone())).is_err() {
-            *lock(&self.tally.pending) -= 1;
-            return Err(Error::Stopped);
-        }
-        Ok(())
+        // A failed send drops the file and its count with it.
+        tx.send((job, Counted(self.tally.clone())))
+            .map_err(|_| Error::Stopped)
     }
 
     /// Wait for every file this layer handed over; the first error, or the warnings.
