@@ -83,6 +83,7 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
             reused: false,
         }],
         lowerdir: escape_lowerdir(&path),
+        image: None,
         warnings: warnings
             .into_iter()
             .map(|w| format!("{}: {w}", input.label))

@@ -53,6 +53,13 @@ pub enum Rule {
     /// An xattr no Linux filesystem can hold: empty or over-long name, no namespace, NUL byte,
     /// value over 64 KiB (xattr(7)).
     XattrName,
+    /// An image blob whose bytes do not match its descriptor (digest or size).
+    BlobDigest,
+    /// A layer whose uncompressed digest is not the config's `rootfs.diff_ids` entry for it.
+    DiffId,
+    /// An image whose index, manifest, config or archive layerkit cannot use (missing, malformed,
+    /// a media type or schema it does not read, layers and diffIDs that do not pair up).
+    ImageFormat,
 }
 
 impl std::fmt::Display for Rule {
@@ -82,6 +89,9 @@ impl std::fmt::Display for Rule {
             Rule::XattrName => "invalid xattr",
             Rule::PathTooDeep => "path too deep",
             Rule::IdRange => "owner id out of range",
+            Rule::BlobDigest => "blob does not match its descriptor",
+            Rule::DiffId => "layer does not match its diffID",
+            Rule::ImageFormat => "unusable image",
             Rule::MarkerThroughSymlink => {
                 "a whiteout or opaque marker passes through a symlink of its own layer (ambiguous)"
             }

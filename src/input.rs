@@ -10,17 +10,17 @@
 //! end-of-archive marker: the diffID covers every byte, and a gzip CRC or zstd checksum is only
 //! checked there.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
 use crate::compress::{decoder, Compression};
 use crate::digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Rule};
 use crate::sys;
 
 /// Where a layer's bytes come from. Standard input can be read once, so jobs that would read a
@@ -31,6 +31,27 @@ pub enum Source {
     Path(PathBuf),
     /// Standard input.
     Stdin,
+    /// `len` bytes of a file from `offset` (a blob inside an image archive).
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// Where the bytes start.
+        offset: u64,
+        /// How many.
+        len: u64,
+    },
+}
+
+/// What a layer's bytes must be, from its image: checked in the same pass that unpacks them, so a
+/// blob is never read twice, and a layer that fails is never committed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Expect {
+    /// The blob's digest (`sha256:` or `sha512:`), from its descriptor.
+    pub blob: Option<String>,
+    /// The blob's size, from its descriptor.
+    pub size: Option<u64>,
+    /// The uncompressed tar's sha256, from the config's `rootfs.diff_ids`.
+    pub diff_id: Option<String>,
 }
 
 /// A layer as the user named it: the name is what every error and report says.
@@ -40,6 +61,8 @@ pub struct Input {
     pub label: String,
     /// Its bytes.
     pub source: Source,
+    /// What its bytes must be (a layer of an image).
+    pub(crate) expect: Option<Expect>,
 }
 
 impl Input {
@@ -52,7 +75,22 @@ impl Input {
             } else {
                 Source::Path(p.to_path_buf())
             },
+            expect: None,
         }
+    }
+
+    /// A blob of an image, with what it must verify as.
+    pub(crate) fn blob(label: String, source: Source, expect: Expect) -> Input {
+        Input {
+            label,
+            source,
+            expect: Some(expect),
+        }
+    }
+
+    /// The diffID its image promises, known before reading it.
+    pub(crate) fn promised_diff_id(&self) -> Option<&str> {
+        self.expect.as_ref()?.diff_id.as_deref()
     }
 
     pub(crate) fn open(&self) -> Result<Box<dyn Read + Send>> {
@@ -65,32 +103,88 @@ impl Input {
                     sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(&self.label, e))?,
                 )
             }
+            Source::Range { path, offset, len } => {
+                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .map_err(|_| Error::Usage(format!("{}: bad path", self.label)))?;
+                let mut f =
+                    sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(&self.label, e))?;
+                f.seek(io::SeekFrom::Start(*offset))
+                    .map_err(|e| Error::io(&self.label, e))?;
+                Box::new(f.take(*len))
+            }
         })
+    }
+
+    /// Check what was read against what the image says; the error names the blob and the rule.
+    fn verify(&self, d: &Digests) -> Result<()> {
+        let Some(x) = &self.expect else {
+            return Ok(());
+        };
+        let bad = |rule, detail: String| Err(Error::rejected(&self.label, rule, detail));
+        if let Some(size) = x.size {
+            if size != d.size {
+                return bad(
+                    Rule::BlobDigest,
+                    format!("{} bytes, its descriptor says {size}", d.size),
+                );
+            }
+        }
+        if let Some(want) = &x.blob {
+            if *want != d.blob {
+                return bad(
+                    Rule::BlobDigest,
+                    format!("digest {}, its descriptor says {want}", d.blob),
+                );
+            }
+        }
+        if let Some(want) = &x.diff_id {
+            if *want != d.diff_id {
+                return bad(
+                    Rule::DiffId,
+                    format!("uncompressed digest {}, the config says {want}", d.diff_id),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
 /// A layer's bytes as read: the digests of the blob and of the uncompressed tar.
 #[derive(Debug, Clone)]
 pub struct Digests {
-    /// sha256 of the bytes as given (compressed).
+    /// Digest of the bytes as given (compressed): sha256, or sha512 when the image's descriptor
+    /// uses it.
     pub blob: String,
     /// sha256 of the uncompressed tar.
     pub diff_id: String,
+    /// Bytes as given.
+    pub size: u64,
 }
 
-/// Hashes the blob as read. Switched off once the stream turns out to be uncompressed: then the
-/// blob digest is the diffID, and hashing the same bytes twice would cost a third of the run.
+/// The blob's hash, in the algorithm its descriptor uses.
+enum BlobHash {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+/// Hashes and counts the blob as read. The sha256 is switched off once the stream turns out to be
+/// uncompressed: then the blob digest is the diffID, and hashing the same bytes twice would cost a
+/// third of the run.
 struct HashRead<R> {
     inner: R,
-    h: Sha256,
+    h: BlobHash,
     on: Arc<AtomicBool>,
+    n: u64,
 }
 
 impl<R: Read> Read for HashRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if self.on.load(Ordering::Relaxed) {
-            self.h.update(&buf[..n]);
+        self.n += n as u64;
+        match &mut self.h {
+            BlobHash::Sha256(h) if self.on.load(Ordering::Relaxed) => h.update(&buf[..n]),
+            BlobHash::Sha256(_) => {}
+            BlobHash::Sha512(h) => h.update(&buf[..n]),
         }
         Ok(n)
     }
@@ -137,10 +231,17 @@ pub(crate) fn read_plain<T>(
 ) -> Result<(T, Option<Digests>)> {
     let label = input.label.as_str();
     let src = input.open()?;
+    // An image's blob is always verified.
+    let hash = hash || input.expect.is_some();
+    let sha512 = input
+        .expect
+        .as_ref()
+        .and_then(|x| x.blob.as_deref())
+        .is_some_and(|b| b.starts_with("sha512:"));
     let (tx, rx) = bounded::<io::Result<Vec<u8>>>(8);
     let (back, spare) = bounded::<Vec<u8>>(16);
     std::thread::scope(|s| {
-        let reader = s.spawn(move || decode(src, hash, tx, &spare));
+        let reader = s.spawn(move || decode(src, hash, sha512, tx, &spare));
         let mut chunks = Chunks {
             rx,
             back,
@@ -154,7 +255,11 @@ pub(crate) fn read_plain<T>(
         // On failure, stop the reader: dropping the receiver makes its sends fail.
         drop(chunks);
         let digests = reader.join().expect("reader thread panicked");
-        result.map(|t| (t, digests))
+        let t = result?;
+        if let Some(d) = &digests {
+            input.verify(d)?;
+        }
+        Ok((t, digests))
     })
 }
 
@@ -162,14 +267,20 @@ pub(crate) fn read_plain<T>(
 fn decode(
     src: Box<dyn Read + Send>,
     hash: bool,
+    sha512: bool,
     tx: Sender<io::Result<Vec<u8>>>,
     spare: &Receiver<Vec<u8>>,
 ) -> Option<Digests> {
     let on = Arc::new(AtomicBool::new(hash));
     let mut raw = HashRead {
         inner: src,
-        h: Sha256::new(),
+        h: if sha512 {
+            BlobHash::Sha512(Sha512::new())
+        } else {
+            BlobHash::Sha256(Sha256::new())
+        },
         on: on.clone(),
+        n: 0,
     };
     let mut plain = false;
     let mut diff = Sha256::new();
@@ -234,11 +345,12 @@ fn decode(
     }
     let diff_id = digest::format(&diff.finalize());
     Some(Digests {
-        blob: if plain {
-            diff_id.clone()
-        } else {
-            digest::format(&raw.h.finalize())
+        blob: match raw.h {
+            BlobHash::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+            BlobHash::Sha256(_) if plain => diff_id.clone(),
+            BlobHash::Sha256(h) => digest::format(&h.finalize()),
         },
         diff_id,
+        size: raw.n,
     })
 }

@@ -39,6 +39,7 @@ mod diff;
 pub mod digest;
 pub mod entry;
 pub mod error;
+pub mod image;
 mod input;
 mod output;
 mod overlay;
@@ -64,9 +65,9 @@ pub use overlay::Namespace;
 pub use path::RelPath;
 pub use squash::{squash, squash_to_file, SquashOptions};
 pub use staging::remove_on_signals;
-pub use store::apply_store;
+pub use store::{apply_image, apply_store};
 pub use tar::write::WriteOptions;
-pub use unpack::{ApplyOptions, ApplyReport, LayerReport};
+pub use unpack::{ApplyOptions, ApplyReport, ImageReport, LayerReport};
 
 /// Internals the fuzz targets (`fuzz/`) drive directly; not part of the API.
 #[cfg(feature = "fuzzing")]

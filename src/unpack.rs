@@ -57,9 +57,22 @@ pub struct ApplyReport {
     pub layers: Vec<LayerReport>,
     /// The `lowerdir=` value: layer dirs, topmost first, `:`-separated (`:` and `\` escaped).
     pub lowerdir: String,
+    /// The image the layers came from, when they came from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
     /// Things users should hear about (duplicates, skipped xattrs).
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// Which image an apply unpacked: its manifest and config digests.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    /// The manifest's digest (absent for a classic `docker save` archive, which has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// The config's digest.
+    pub config: String,
 }
 
 /// Unpack `input` into `writer` (a layer being written). `stop` is polled between entries (another layer failed).

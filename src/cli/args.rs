@@ -89,8 +89,14 @@ pub struct ApplyCli {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["into", "store"])))]
 pub struct ApplyArgs {
-    /// Layer tars, bottom first: files (none, gzip or zstd, detected from the bytes) or "-" for stdin.
-    #[arg(required = true, value_name = "LAYER")]
+    /// Layer tars, bottom first, or one image.
+    #[arg(
+        required = true,
+        value_name = "LAYER",
+        help = "Layer tars, bottom first: files (none, gzip or zstd, detected from the bytes) or \"-\" \
+                for stdin; or one image: oci:DIR[:REF], oci-archive:FILE[:REF], \
+                docker-archive:FILE[:NAME:TAG]"
+    )]
     pub layers: Vec<PathBuf>,
     /// Unpack exactly one LAYER into DIR (created if missing, must be empty).
     #[arg(long, value_name = "DIR")]
@@ -107,6 +113,9 @@ pub struct ApplyArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// In a multi-platform image, the platform to take (default: this host's, linux/amd64 here).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
 }
 
 /// Options of `layerkit squash`.

@@ -13,14 +13,15 @@ use crate::apply::apply_into;
 use crate::compress::Compression;
 use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
+use crate::image::{ImageRef, PlatformChoice};
 use crate::input::{Input, Source};
 use crate::output::BlobOptions;
 use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
 use crate::squash::{squash, squash_to_file, SquashOptions};
-use crate::store::apply_store;
+use crate::store::{apply_image, apply_store};
 use crate::tar::write::WriteOptions;
-use crate::unpack::ApplyOptions;
+use crate::unpack::{ApplyOptions, ApplyReport};
 
 pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli, SquashArgs};
 
@@ -205,6 +206,22 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
         // Without --json, --into reports nothing that needs a digest.
         skip_digests: !a.json,
     };
+    if let Some(image) = image_arg(&a.layers)? {
+        let platform = match &a.platform {
+            Some(p) => PlatformChoice::parse(p).ok_or_else(|| {
+                Error::Usage(format!("--platform {p}: expected OS/ARCH[/VARIANT]"))
+            })?,
+            None => PlatformChoice::host(),
+        };
+        let Some(dir) = &a.store else {
+            return Err(Error::Usage(
+                "an image is unpacked with --store DIR (--into takes one layer file)".into(),
+            ));
+        };
+        let image = crate::image::open(&image, &platform)?;
+        let report = apply_image(dir, &image, &opts)?;
+        return print_apply(&report, &a);
+    }
     let inputs = layer_inputs(&a.layers)?;
     let report = match (&a.into, &a.store) {
         (Some(dir), None) => {
@@ -223,6 +240,25 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
             ))
         }
     };
+    print_apply(&report, &a)
+}
+
+/// An image reference among the layer arguments: it must be the only one.
+fn image_arg(args: &[std::path::PathBuf]) -> Result<Option<ImageRef>> {
+    let refs: Vec<Option<ImageRef>> = args
+        .iter()
+        .map(|p| p.to_str().and_then(ImageRef::parse))
+        .collect();
+    match refs.as_slice() {
+        [Some(r)] => Ok(Some(r.clone())),
+        _ if refs.iter().any(Option::is_some) => Err(Error::Usage(
+            "an image (oci:, oci-archive:, docker-archive:) must be the only LAYER argument".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn print_apply(report: &ApplyReport, a: &ApplyArgs) -> Result<()> {
     for w in &report.warnings {
         eprintln!("warning: {}", one_line(w));
     }

@@ -98,11 +98,11 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
                 .map_err(|_| Error::Usage(format!("{label}: bad path")))?;
             Some(sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(label, e))?)
         }
-        Source::Stdin => None,
+        Source::Stdin | Source::Range { .. } => None,
     };
     let src: Box<dyn Read + Send> = match &file {
         Some(f) => Box::new(f.try_clone().map_err(|e| Error::io(label, e))?),
-        None => Box::new(io::stdin()),
+        None => input.open()?,
     };
     let (kind, dec) = decoder(src).map_err(|e| Error::io(label, e))?;
     let in_place = kind == Compression::None && file.as_ref().is_some_and(sys::is_regular);

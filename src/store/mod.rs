@@ -25,6 +25,7 @@ use crossbeam_channel::unbounded;
 
 use crate::digest::{chain_id, Hasher};
 use crate::error::{Error, Outcomes, Result};
+use crate::image::Image;
 use crate::input::{Digests, Input, Source};
 use crate::overlay::read::lower::LowerView;
 use crate::overlay::write::{FilePool, Layer, Stacked, Unsettled};
@@ -32,7 +33,7 @@ use crate::overlay::{escape_lowerdir, Namespace};
 use crate::staging;
 use crate::sys;
 use crate::threads::{spawn_workers, Budget};
-use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
+use crate::unpack::{unpack, ApplyOptions, ApplyReport, ImageReport, LayerReport};
 
 const STATE: &[u8] = b".layerkit";
 
@@ -43,6 +44,8 @@ struct Store {
     state: OwnedFd,
     staging: Arc<OwnedFd>,
     blobs: OwnedFd,
+    /// One record per image applied: `<config hex>.json` and `<config hex>.config`.
+    images: OwnedFd,
     links: OwnedFd,
     lock: OwnedFd,
 }
@@ -105,6 +108,7 @@ impl Store {
         let links = sub(&fd, b"l", 0o700)?;
         let staging = sub(&state, b"staging", 0o700)?;
         let blobs = sub(&state, b"blobs", 0o700)?;
+        let images = sub(&state, b"images", 0o700)?;
         let lock = sys::open_lock_file(&state, b"lock").map_err(e)?;
         let store = Store {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
@@ -112,6 +116,7 @@ impl Store {
             state,
             staging: Arc::new(staging),
             blobs,
+            images,
             links,
             lock,
         };
@@ -276,7 +281,44 @@ impl Store {
         })
     }
 
+    /// Record `image` (its ref, manifest, config and layers) so later commands know it:
+    /// `images/<config hex>.json` and the config itself beside it, both written atomically.
+    fn record(&self, image: &Image, report: &ApplyReport) -> Result<()> {
+        let e = |err: io::Error| Error::io(self.path.join(".layerkit/images"), err);
+        let hex = layout::id(&image.config);
+        let layers: Vec<&str> = report
+            .layers
+            .iter()
+            .filter_map(|l| l.chain_id.as_deref().map(layout::id))
+            .collect();
+        let rec = serde_json::json!({
+            "ref": image.label,
+            "manifest": image.manifest,
+            "config": image.config,
+            "diffIDs": image.diff_ids,
+            "layers": layers,
+        });
+        let _guard = self.lock()?;
+        sys::write_file_atomic(
+            self.images.as_fd(),
+            format!("{hex}.config").as_bytes(),
+            &image.config_bytes,
+            0o644,
+        )
+        .map_err(e)?;
+        sys::write_file_atomic(
+            self.images.as_fd(),
+            format!("{hex}.json").as_bytes(),
+            rec.to_string().as_bytes(),
+            0o644,
+        )
+        .map_err(e)
+    }
+
     fn remember(&self, d: &Digests) {
+        if !d.blob.starts_with("sha256:") {
+            return;
+        }
         let _ = sys::write_file_atomic(
             self.blobs.as_fd(),
             layout::id(&d.blob).as_bytes(),
@@ -295,23 +337,23 @@ fn blob_digest(p: &Path) -> Option<String> {
     Some(h.finish())
 }
 
-/// Which layers a store already has, known before unpacking: their diffIDs come from the blob
-/// index of earlier runs (files only; stdin is read once, so it is always unpacked).
+/// Which layers a store already has, known before unpacking: their diffIDs come from their image
+/// (its config promises them; the blob is not read) or from the blob index of earlier runs (files
+/// only; stdin is read once, so it is always unpacked).
 fn precheck(store: &Store, inputs: &[Input]) -> Vec<Option<String>> {
     let mut known: Vec<Option<String>> = vec![None; inputs.len()];
-    if sys::read_dir_names(&store.blobs)
+    let no_blobs = sys::read_dir_names(&store.blobs)
         .map(|v| v.is_empty())
-        .unwrap_or(true)
-    {
-        return known;
-    }
+        .unwrap_or(true);
     std::thread::scope(|s| {
         let hs: Vec<_> = inputs
             .iter()
             .map(|i| {
-                s.spawn(move || match &i.source {
-                    Source::Path(p) => blob_digest(p).and_then(|d| store.known_diff_id(&d)),
-                    Source::Stdin => None,
+                s.spawn(move || match (&i.source, i.promised_diff_id()) {
+                    (_, Some(d)) => Some(d.to_string()),
+                    (_, None) if no_blobs => None,
+                    (Source::Path(p), None) => blob_digest(p).and_then(|d| store.known_diff_id(&d)),
+                    (Source::Stdin | Source::Range { .. }, None) => None,
                 })
             })
             .collect();
@@ -337,6 +379,21 @@ type Unpacked = (usize, Result<(Unsettled<Stacked>, Digests)>);
 
 /// Unpack `inputs` (bottom first) into the store at `path`.
 pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result<ApplyReport> {
+    apply_stack(path, inputs, opts, None)
+}
+
+/// Unpack `image`'s layers into the store at `path`, each verified as it is read (layers the store
+/// has by chainID are reused without reading their blobs), and record the image in the store.
+pub fn apply_image(path: &Path, image: &Image, opts: &ApplyOptions) -> Result<ApplyReport> {
+    apply_stack(path, &image.layers, opts, Some(image))
+}
+
+fn apply_stack(
+    path: &Path,
+    inputs: &[Input],
+    opts: &ApplyOptions,
+    image: Option<&Image>,
+) -> Result<ApplyReport> {
     sys::raise_nofile_limit();
     let e = |err: io::Error| Error::io(path, err);
     // A concurrent first run that failed may take the store back between our open and our lock:
@@ -365,7 +422,18 @@ pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result
         };
         break (store, found, staged.0, staged.1, staged.2);
     };
-    let result = run_stack(&store, &run_dir, inputs, opts);
+    let mut result = run_stack(&store, &run_dir, inputs, opts);
+    if let (Ok(report), Some(image)) = (&mut result, image) {
+        match store.record(image, report) {
+            Ok(()) => {
+                report.image = Some(ImageReport {
+                    manifest: image.manifest.clone(),
+                    config: image.config.clone(),
+                })
+            }
+            Err(e) => result = Err(e),
+        }
+    }
     drop(run_dir);
     drop(run);
     if result.is_err() {
@@ -508,6 +576,7 @@ fn commit_in_order(
     Ok(ApplyReport {
         layers: reports,
         lowerdir,
+        image: None,
         warnings,
     })
 }

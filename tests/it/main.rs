@@ -26,3 +26,5 @@ mod deep;
 mod outputs;
 // -j N as one thread budget: every job's peak thread count within its bound.
 mod threads;
+// Images as inputs: oci:, oci-archive:, docker-archive: against umoci and the kernel; verification.
+mod images;

@@ -1,0 +1,384 @@
+//! Images as inputs (issue 13): `layerapply --store DIR IMAGE` reads `oci:`, `oci-archive:` and
+//! `docker-archive:` images made by an independent writer (`make_image.py`, and skopeo for the
+//! docker-archive). The store's layers, mounted by the kernel, must show what umoci's unpack of
+//! the same image shows; every verification failure is one line, exit 1, and commits nothing of
+//! the bad layer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+/// Three layers by GNU tar from trees on disk; `.wh.` files are the OCI markers.
+fn layer_tars(root: &Path) -> Vec<PathBuf> {
+    let trees = [
+        "mkdir -p etc usr/bin var/lib/x && echo base > etc/os && echo sh > usr/bin/sh
+         echo a > var/lib/x/a && echo b > var/lib/x/b && ln -s ../usr/bin/sh etc/shell
+         ln etc/os etc/os-hard && chmod 4755 usr/bin/sh && setfattr -n user.k -v v etc/os",
+        "mkdir -p etc var/lib/x && echo changed > etc/os && : > etc/.wh.shell
+         : > var/lib/x/.wh..wh..opq && echo c > var/lib/x/c && mkdir -p opt && echo o > opt/o",
+        "mkdir -p usr && : > .wh.opt && echo new > usr/new && mkfifo usr/fifo",
+    ];
+    let mut out = Vec::new();
+    for (i, script) in trees.iter().enumerate() {
+        let dir = root.join(format!("tree{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&dir, script);
+        let tar = root.join(format!("l{i}.tar"));
+        run(Command::new("tar")
+            .args([
+                "--format=pax",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+            ])
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        out.push(tar);
+    }
+    out
+}
+
+/// `make_image.py OUT SPEC` with `layers` compressed as `compress` (one per layer).
+fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str) -> PathBuf {
+    let ls: Vec<String> = layers
+        .iter()
+        .zip(compress)
+        .map(|(l, c)| {
+            let (c, alg) = c.split_once('/').unwrap_or((c, "sha256"));
+            format!(
+                r#"{{"file": "{}", "compress": "{c}", "alg": "{alg}"}}"#,
+                l.display()
+            )
+        })
+        .collect();
+    let spec = format!(r#"{{"layers": [{}]{extra}}}"#, ls.join(", "));
+    run(Command::new(python())
+        .arg(support("make_image.py"))
+        .arg(out)
+        .arg(&spec));
+    out.to_path_buf()
+}
+
+fn layerapply_json(args: &[&str]) -> serde_json::Value {
+    let out = succeeded_cmd(layerapply().args(args).arg("--json"));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn succeeded_cmd(cmd: &mut Command) -> std::process::Output {
+    let out = run_unchecked(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_unchecked(cmd: &mut Command) -> std::process::Output {
+    cmd.output().unwrap()
+}
+
+fn ids(report: &serde_json::Value) -> Vec<String> {
+    report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["chainID"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn umoci_view(tmp: &Path, image: &Path, name: &str) -> String {
+    let rootfs = tmp.join(format!("umoci-{}", name.replace(['/', ':'], "_")));
+    run(Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:{name}", image.display()))
+        .arg(&rootfs));
+    dump(&rootfs, &[])
+}
+
+fn store_view(tmp: &Path, report: &serde_json::Value) -> String {
+    let m = mount_lowers(tmp, report["lowerdir"].as_str().unwrap(), "");
+    dump(&m.path, &[])
+}
+
+#[test]
+fn every_image_form_gives_the_store_umoci_shows() {
+    if !need_root("overlay mounts of an image's store") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let plain: Vec<String> = tars.iter().map(|p| p.display().to_string()).collect();
+    let by_layers = layerapply_json(&[
+        "--store",
+        root.join("s-layers").to_str().unwrap(),
+        &plain[0],
+        &plain[1],
+        &plain[2],
+    ]);
+    // umoci 0.4 reads no zstd: its reference image is gzip and plain; zstd comes in the others.
+    let good = make_image(&root.join("img"), &tars, &["gzip", "none", "gzip"], "");
+    let want = umoci_view(root, &good, "t");
+    assert_same(
+        &want,
+        &store_view(root, &by_layers),
+        "umoci vs the layers' store",
+    );
+    // Every form of the same image: the same store ids, the same merged view.
+    let sha512 = make_image(
+        &root.join("img512"),
+        &tars,
+        &["gzip/sha512", "none/sha512", "zstd"],
+        "",
+    );
+    let docker = make_image(
+        &root.join("imgd"),
+        &tars,
+        &["zstd", "gzip", "none"],
+        r#", "docker": true"#,
+    );
+    let archive = root.join("img.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&good)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    let saved = root.join("saved.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:t", good.display()))
+        .arg(format!("docker-archive:{}:lk/img:v1", saved.display())));
+    let refs = [
+        format!("oci:{}:t", good.display()),
+        format!("oci:{}", good.display()),
+        format!("oci:{}", sha512.display()),
+        format!("oci:{}:t", docker.display()),
+        format!("oci-archive:{}:t", archive.display()),
+        format!("docker-archive:{}", saved.display()),
+        format!("docker-archive:{}:lk/img:v1", saved.display()),
+    ];
+    for (i, r) in refs.iter().enumerate() {
+        let store = root.join(format!("s{i}"));
+        let report = layerapply_json(&["--store", store.to_str().unwrap(), r]);
+        assert_eq!(ids(&report), ids(&by_layers), "{r}: store ids");
+        assert!(
+            report["image"]["config"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:"),
+            "{r}"
+        );
+        assert_same(
+            &want,
+            &store_view(root, &report),
+            &format!("{r}: umoci vs the store"),
+        );
+        // Again: every layer is reused, by chainID, without reading a blob.
+        let again = layerapply_json(&["--store", store.to_str().unwrap(), r]);
+        assert!(
+            again["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["reused"] == true),
+            "{r}: {again}"
+        );
+        // The store records the image and its config.
+        let cfg = report["image"]["config"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(store.join(format!(".layerkit/images/{cfg}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rec["ref"].as_str().unwrap(), r);
+        assert_eq!(rec["layers"].as_array().unwrap().len(), 3);
+        let config = std::fs::read(store.join(format!(".layerkit/images/{cfg}.config"))).unwrap();
+        assert_eq!(
+            sha256_hex(&config),
+            cfg,
+            "{r}: the recorded config is the config"
+        );
+    }
+}
+
+/// The store's layer dirs (ids), sorted.
+fn store_ids(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_verification_failure_is_one_line_and_commits_nothing_of_the_bad_layer() {
+    if !need_root("store applies") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let layer0 = layerapply_json(&[
+        "--store",
+        root.join("s-l0").to_str().unwrap(),
+        tars[0].to_str().unwrap(),
+    ]);
+    let id0 = ids(&layer0)[0].trim_start_matches("sha256:").to_string();
+    // (tamper, what stderr must say, whether layer 0 may be committed)
+    let cases: &[(&str, &str, bool)] = &[
+        (
+            r#"{"blob_bytes": 1}"#,
+            "blob does not match its descriptor",
+            true,
+        ),
+        (
+            r#"{"blob_size": 1}"#,
+            "blob does not match its descriptor",
+            true,
+        ),
+        (r#"{"diff_id": 1}"#, "layer does not match its diffID", true),
+        (r#"{"extra_diff_id": true}"#, "diff_ids", false),
+        (r#"{"missing_blob": 1}"#, "missing from the image", false),
+        (r#"{"schema1": true}"#, "schema1", false),
+        (
+            r#"{"layer_media": [1, "application/x-foo"]}"#,
+            "unknown layer media type",
+            false,
+        ),
+    ];
+    for (i, (tamper, says, lower_ok)) in cases.iter().enumerate() {
+        let img = make_image(
+            &root.join(format!("bad{i}")),
+            &tars,
+            &["none", "none", "none"],
+            &format!(r#", "tamper": {tamper}"#),
+        );
+        let store = root.join(format!("s{i}"));
+        let out = run_unchecked(
+            layerapply()
+                .arg("--store")
+                .arg(&store)
+                .arg(format!("oci:{}:t", img.display())),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tamper}: {err}");
+        assert_eq!(err.lines().count(), 1, "{tamper}: one line: {err}");
+        assert!(err.contains(says), "{tamper}: {err}");
+        assert!(
+            err.contains(&format!("oci:{}:t", img.display())),
+            "{tamper}: names the image: {err}"
+        );
+        let have = store_ids(&store);
+        if *lower_ok {
+            assert!(
+                have.is_empty() || have == [id0.clone()],
+                "{tamper}: {have:?}"
+            );
+            if tamper.contains(": 1") {
+                assert!(err.contains("layer 1"), "{tamper}: names the blob: {err}");
+            }
+        } else {
+            assert!(have.is_empty(), "{tamper}: nothing committed: {have:?}");
+        }
+        let staging = store.join(".layerkit/staging");
+        if staging.exists() {
+            assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "{tamper}");
+        }
+    }
+}
+
+#[test]
+fn platforms_and_refs_are_chosen_or_listed() {
+    if !need_root("store applies") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let multi = make_image(
+        &root.join("multi"),
+        &tars[..1],
+        &["gzip"],
+        r#", "platforms": [["linux", "arm64", "v8"], ["linux", "amd64"]]"#,
+    );
+    let arch_of = |report: &serde_json::Value| -> String {
+        let cfg = report["image"]["config"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let bytes = std::fs::read(multi.join("blobs/sha256").join(cfg)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["architecture"].as_str().unwrap().to_string()
+    };
+    let r = format!("oci:{}:t", multi.display());
+    let host = layerapply_json(&["--store", root.join("s1").to_str().unwrap(), &r]);
+    assert_eq!(arch_of(&host), "amd64", "the host's platform by default");
+    let arm = layerapply_json(&[
+        "--store",
+        root.join("s2").to_str().unwrap(),
+        "--platform",
+        "linux/arm64",
+        &r,
+    ]);
+    assert_eq!(arch_of(&arm), "arm64");
+    let out = run_unchecked(
+        layerapply()
+            .args([
+                "--store",
+                root.join("s3").to_str().unwrap(),
+                "--platform",
+                "linux/s390x",
+            ])
+            .arg(&r),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("linux/arm64/v8") && err.contains("linux/amd64"),
+        "{err}"
+    );
+
+    let two = make_image(
+        &root.join("two"),
+        &tars[..1],
+        &["none"],
+        r#", "refs": ["a", "b"]"#,
+    );
+    let out = run_unchecked(
+        layerapply()
+            .args(["--store", root.join("s4").to_str().unwrap()])
+            .arg(format!("oci:{}", two.display())),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a, b"), "lists the refs: {err}");
+    layerapply_json(&[
+        "--store",
+        root.join("s5").to_str().unwrap(),
+        &format!("oci:{}:b", two.display()),
+    ]);
+    let out = run_unchecked(
+        layerapply()
+            .args(["--store", root.join("s6").to_str().unwrap()])
+            .arg(format!("oci:{}:zz", two.display())),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("\"zz\"") && err.contains("a, b"),
+        "{err}"
+    );
+}
