@@ -687,6 +687,22 @@ fn main() -> ExitCode {
                         c.mounts = true;
                         cmds.push(c);
                     }
+                    if image_ok && !opts.baselines_only {
+                        // The same stack as an image: index, manifest, config and every blob
+                        // verified in the unpacking pass (issue 13).
+                        let di = d("la-image");
+                        cmds.push(Cmd::new(
+                            &format!("layerapply --store oci:oci/{oci} (verified image)"),
+                            "layerapply",
+                            Role::Peer,
+                            di.clone(),
+                            format!(
+                                "{la_q} --store {} oci:{}:latest > /dev/null",
+                                q(&di.join("store")),
+                                image.display()
+                            ),
+                        ));
+                    }
                     if !opts.baselines_only {
                         let dl = d("la");
                         cmds.push(Cmd::new(

@@ -96,13 +96,7 @@ impl Input {
     pub(crate) fn open(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match &self.source {
             Source::Stdin => Box::new(io::stdin()),
-            Source::Path(p) => {
-                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-                    .map_err(|_| Error::Usage(format!("{}: bad path", self.label)))?;
-                Box::new(
-                    sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(&self.label, e))?,
-                )
-            }
+            Source::Path(p) => Box::new(open_layer_file(&self.label, p)?),
             Source::Range { path, offset, len } => {
                 let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
                     .map_err(|_| Error::Usage(format!("{}: bad path", self.label)))?;
@@ -147,6 +141,17 @@ impl Input {
         }
         Ok(())
     }
+}
+
+/// Open a layer file; a directory (an OCI layout, say) is refused with a hint.
+pub(crate) fn open_layer_file(label: &str, p: &Path) -> Result<std::fs::File> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Usage(format!("{label}: bad path")))?;
+    let f = sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(label, e))?;
+    if sys::fstat(&f).is_ok_and(|st| sys::file_type(&st) == sys::FileType::Directory) {
+        return Err(crate::image::dir_hint(label, p));
+    }
+    Ok(f)
 }
 
 /// A layer's bytes as read: the digests of the blob and of the uncompressed tar.

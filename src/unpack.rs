@@ -6,13 +6,14 @@
 //! caller's thread: tar::read -> tar::entry -> overlay::write::Layer (syscalls)
 //! ```
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
 use crate::entry::{Kind, Sink};
 use crate::error::{Error, Result};
+use crate::image;
 use crate::input::{read_plain, Digests, Input};
 use crate::overlay::Namespace;
 use crate::tar::entry::to_entry;
@@ -90,8 +91,20 @@ pub(crate) fn unpack(
                 return Err(Error::Stopped);
             }
             let entry = to_entry(&te)?;
-            if matches!(entry.kind, Kind::File { .. }) {
-                writer.put(&entry, &mut rd.data())?;
+            if let Kind::File { size } = entry.kind {
+                if image::may_be_image_member(&entry.path, size) {
+                    // An image archive given as a layer: refuse it by name, not half-unpacked.
+                    let mut data = Vec::new();
+                    rd.data()
+                        .read_to_end(&mut data)
+                        .map_err(|e| Error::io(&input.label, e))?;
+                    if let Some(e) = image::archive_hint(&input.label, &entry.path, &data) {
+                        return Err(e);
+                    }
+                    writer.put(&entry, &mut &data[..])?;
+                } else {
+                    writer.put(&entry, &mut rd.data())?;
+                }
             } else {
                 writer.put(&entry, &mut io::empty())?;
             }

@@ -39,6 +39,51 @@ pub struct Image {
     pub layers: Vec<Input>,
 }
 
+/// The most bytes of a root-level `oci-layout` or `manifest.json` member read to tell an image
+/// archive from a layer that happens to hold such a file.
+pub(crate) const SNIFF_MAX: u64 = 64 << 10;
+
+/// Whether the tar member `path` (a regular file of `size` bytes) may show that the "layer" is an
+/// image archive; then its bytes go to [`archive_hint`].
+pub(crate) fn may_be_image_member(path: &[u8], size: u64) -> bool {
+    size <= SNIFF_MAX && (path == b"oci-layout" || path == b"manifest.json")
+}
+
+/// A layer file that is an image archive: the error that names the right prefix. A layer holding
+/// a file of that name is told apart by the content (a layout version; `docker save`'s list of
+/// images with their Config and Layers).
+pub(crate) fn archive_hint(label: &str, path: &[u8], data: &[u8]) -> Option<Error> {
+    let is_image = match path {
+        b"oci-layout" => serde_json::from_slice::<serde_json::Value>(data)
+            .ok()
+            .is_some_and(|v| v.get("imageLayoutVersion").is_some()),
+        b"manifest.json" => serde_json::from_slice::<Vec<DockerSaved>>(data).is_ok(),
+        _ => false,
+    };
+    let prefix = if path == b"oci-layout" {
+        "oci-archive"
+    } else {
+        "docker-archive"
+    };
+    is_image.then(|| {
+        Error::Usage(format!(
+            "{label} is an image archive, not a layer: name it {prefix}:{label}"
+        ))
+    })
+}
+
+/// A directory given as a layer: the error, with a hint when it is an OCI layout.
+pub(crate) fn dir_hint(label: &str, dir: &std::path::Path) -> Error {
+    let layout = crate::sys::stat_path(&dir.join("oci-layout"), true);
+    if layout.is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::RegularFile) {
+        Error::Usage(format!(
+            "{label} is an OCI image layout, not a layer: name it oci:{label}"
+        ))
+    } else {
+        Error::Usage(format!("{label} is a directory, not a layer file"))
+    }
+}
+
 /// The platform images are chosen for by default: this host's.
 pub fn host_platform() -> (String, String) {
     let arch = match std::env::consts::ARCH {

@@ -93,11 +93,7 @@ fn spool_error(tmp: &Path, e: io::Error) -> Error {
 pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
     let label = input.label.as_str();
     let file = match &input.source {
-        Source::Path(p) => {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-                .map_err(|_| Error::Usage(format!("{label}: bad path")))?;
-            Some(sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(label, e))?)
-        }
+        Source::Path(p) => Some(crate::input::open_layer_file(label, p)?),
         Source::Stdin | Source::Range { .. } => None,
     };
     let src: Box<dyn Read + Send> = match &file {
@@ -169,6 +165,17 @@ fn read_members<R: Read>(mut rd: Reader<R>, label: &str) -> Result<(Vec<Member>,
     let mut members = Vec::new();
     while let Some(te) = rd.next_entry()? {
         let mut entry = to_entry(&te).map_err(|e| e.in_layer(label))?;
+        if let crate::entry::Kind::File { size } = entry.kind {
+            if crate::image::may_be_image_member(&entry.path, size) {
+                let mut data = Vec::new();
+                rd.data()
+                    .read_to_end(&mut data)
+                    .map_err(|e| Error::io(label, e))?;
+                if let Some(e) = crate::image::archive_hint(label, &entry.path, &data) {
+                    return Err(e);
+                }
+            }
+        }
         // Memory per member: the path and fixed fields, never xattr values (up to a megabyte).
         let has_xattrs = !entry.meta.xattrs.is_empty();
         entry.meta.xattrs = Vec::new();

@@ -382,3 +382,105 @@ fn platforms_and_refs_are_chosen_or_listed() {
         "{err}"
     );
 }
+
+#[test]
+fn an_image_given_as_a_layer_is_refused_with_the_right_prefix() {
+    if !need_root("store applies") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let layout = make_image(&root.join("img"), &tars, &["gzip", "none", "none"], "");
+    let archive = root.join("img.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    let saved = root.join("saved.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker-archive:{}:lk/img:v1", saved.display())));
+    for (what, prefix) in [
+        (&layout, "oci:"),
+        (&archive, "oci-archive:"),
+        (&saved, "docker-archive:"),
+    ] {
+        let runs: Vec<(&str, Command)> = vec![
+            ("--into", {
+                let mut c = layerapply();
+                c.arg("--into").arg(root.join("into")).arg(what);
+                c
+            }),
+            ("--store", {
+                let mut c = layerapply();
+                c.arg("--store")
+                    .arg(root.join("store"))
+                    .arg(&tars[0])
+                    .arg(what);
+                c
+            }),
+            ("squash", {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_layerkit"));
+                c.arg("squash").arg(what).arg("-o").arg(root.join("sq.tar"));
+                c
+            }),
+        ];
+        for (how, mut cmd) in runs {
+            let out = run_unchecked(&mut cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{how} {}: {err}",
+                what.display()
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&format!("{prefix}{}", what.display())),
+                "{how}: names the prefix: {err}"
+            );
+            assert!(!root.join("into").exists(), "{how}: nothing left");
+            assert!(!root.join("sq.tar").exists(), "{how}: nothing left");
+            // The layer file before it may be committed; nothing of the image is.
+            let ids = store_ids(&root.join("store"));
+            assert!(ids.len() <= 1, "{how}: {ids:?}");
+        }
+    }
+    // A layer that only holds files of those names at its root is a layer.
+    let odd = root.join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(
+        odd.join("manifest.json"),
+        br#"{"name": "my-app", "version": 2}"#,
+    )
+    .unwrap();
+    std::fs::write(odd.join("oci-layout"), b"not json").unwrap();
+    let odd_tar = root.join("odd.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&odd)
+        .arg("-cf")
+        .arg(&odd_tar)
+        .arg("."));
+    succeeded_cmd(
+        layerapply()
+            .arg("--into")
+            .arg(root.join("odd-out"))
+            .arg(&odd_tar),
+    );
+    assert_eq!(
+        std::fs::read(root.join("odd-out/manifest.json")).unwrap(),
+        br#"{"name": "my-app", "version": 2}"#
+    );
+    succeeded_cmd(
+        Command::new(env!("CARGO_BIN_EXE_layerkit"))
+            .arg("squash")
+            .arg(&odd_tar)
+            .arg("-o")
+            .arg(root.join("odd-sq.tar")),
+    );
+}
