@@ -2,17 +2,14 @@
 //! opaque xattrs), with no lowers to settle against: what needs them gets defaults or is refused
 //! (see [`crate::overlay::write`]). The pipeline is [`crate::unpack`]'s.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::overlay::escape_lowerdir;
 use crate::overlay::write::{FilePool, Layer, Standalone};
 use crate::staging;
-use crate::sys;
 use crate::threads::Budget;
 use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
 
@@ -20,48 +17,7 @@ use crate::unpack::{unpack, ApplyOptions, ApplyReport, LayerReport};
 /// temporary name beside `dir` and renamed onto it when complete, so a rejected or corrupt layer
 /// leaves `dir` as it was.
 pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<ApplyReport> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{}: not a directory name", dir.display())))?
-        .as_encoded_bytes()
-        .to_vec();
-    let parent_path = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let parent = sys::open_dir(&parent_path).map_err(|e| Error::io(&parent_path, e))?;
-    match sys::lstatat(&parent, &name) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dir, e)),
-        Ok(st) => {
-            if sys::file_type(&st) != sys::FileType::Directory {
-                return Err(Error::io(dir, io::Error::other("not a directory")));
-            }
-            let d = sys::openat_dir(&parent, &name).map_err(|e| Error::io(dir, e))?;
-            if !sys::read_dir_names(&d)
-                .map_err(|e| Error::io(dir, e))?
-                .is_empty()
-            {
-                return Err(Error::io(
-                    dir,
-                    io::Error::other("not empty (--into needs an empty or missing directory)"),
-                ));
-            }
-            if sys::fstat(&parent)
-                .map_err(|e| Error::io(&parent_path, e))?
-                .st_dev
-                != st.st_dev
-            {
-                return Err(Error::io(
-                    dir,
-                    io::Error::other("a mount point; unpack into a directory inside it"),
-                ));
-            }
-        }
-    }
-    let parent = Arc::new(parent);
-    // Dropped on any error: the temporary tree goes with it.
-    let (tmp, root) = staging::directory(parent, &name, 0o700).map_err(|e| Error::io(dir, e))?;
+    let (tmp, root, name) = staging::empty_dir(dir, "--into")?;
     // The writer gets a duplicate: the original fd keeps the temporary dir locked until it is
     // published, whatever the writer closes.
     let files = FilePool::new(Budget::new(opts.jobs).workers());

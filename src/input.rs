@@ -109,8 +109,21 @@ impl Input {
         })
     }
 
+    /// Whether its image says what its bytes must be.
+    pub(crate) fn verifies(&self) -> bool {
+        self.expect.is_some()
+    }
+
+    /// Whether its blob digest is a sha512.
+    pub(crate) fn expects_sha512(&self) -> bool {
+        self.expect
+            .as_ref()
+            .and_then(|x| x.blob.as_deref())
+            .is_some_and(|b| b.starts_with("sha512:"))
+    }
+
     /// Check what was read against what the image says; the error names the blob and the rule.
-    fn verify(&self, d: &Digests) -> Result<()> {
+    pub(crate) fn verify(&self, d: &Digests) -> Result<()> {
         let Some(x) = &self.expect else {
             return Ok(());
         };
@@ -152,6 +165,73 @@ pub(crate) fn open_layer_file(label: &str, p: &Path) -> Result<std::fs::File> {
         return Err(crate::image::dir_hint(label, p));
     }
     Ok(f)
+}
+
+/// What was read through a [`Hashing`] reader: sha256 (and sha512, when asked) and the count.
+#[derive(Default)]
+pub(crate) struct Hashed {
+    sha256: Sha256,
+    sha512: Option<Sha512>,
+    n: u64,
+}
+
+impl Hashed {
+    /// `(sha256, sha512 if asked, bytes)`.
+    pub(crate) fn finish(self) -> (String, Option<String>, u64) {
+        (
+            digest::format(&self.sha256.finalize()),
+            self.sha512
+                .map(|h| format!("sha512:{}", hex::encode(h.finalize()))),
+            self.n,
+        )
+    }
+}
+
+/// A reader that hashes and counts what passes through it, into a state its owner keeps (the
+/// reader itself may be moved into a decoder).
+pub(crate) struct Hashing<R> {
+    inner: R,
+    /// Off: the bytes only pass (nothing to verify, and hashing costs a pass over them).
+    on: bool,
+    state: Arc<std::sync::Mutex<Hashed>>,
+}
+
+impl<R> Hashing<R> {
+    pub(crate) fn new(inner: R, on: bool, sha512: bool) -> (Self, Arc<std::sync::Mutex<Hashed>>) {
+        let state = Arc::new(std::sync::Mutex::new(Hashed {
+            sha512: sha512.then(Sha512::new),
+            ..Hashed::default()
+        }));
+        (
+            Hashing {
+                inner,
+                on,
+                state: state.clone(),
+            },
+            state,
+        )
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.on {
+            return Ok(n);
+        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.sha256.update(&buf[..n]);
+        if let Some(h) = &mut s.sha512 {
+            h.update(&buf[..n]);
+        }
+        s.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// The state a [`Hashing`] reader left, once it is gone.
+pub(crate) fn take_hashed(state: Arc<std::sync::Mutex<Hashed>>) -> Hashed {
+    std::mem::take(&mut *state.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A layer's bytes as read: the digests of the blob and of the uncompressed tar.

@@ -45,7 +45,9 @@ mod output;
 mod overlay;
 pub mod path;
 mod resolve;
+mod rootfs;
 mod squash;
+mod stack;
 mod staging;
 mod store;
 mod sys;
@@ -63,6 +65,7 @@ pub use output::BlobOptions;
 pub use overlay::read::upper::WalkOptions;
 pub use overlay::Namespace;
 pub use path::RelPath;
+pub use rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
 pub use squash::{squash, squash_to_file, SquashOptions};
 pub use staging::remove_on_signals;
 pub use store::{apply_image, apply_store};
@@ -73,7 +76,7 @@ pub use unpack::{ApplyOptions, ApplyReport, ImageReport, LayerReport};
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::squash::index::index;
+    pub use crate::stack::index::index;
 }
 
 /// The README's examples, compiled by `cargo test`.

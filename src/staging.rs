@@ -216,3 +216,59 @@ pub fn remove_on_signals() -> io::Result<()> {
         })?;
     Ok(())
 }
+
+/// A new tree to be published as `dir`, which must be missing or an empty directory on the same
+/// filesystem as its parent (`flag` names the option in messages). Returns the temporary dir (its
+/// registration; dropped, it takes the tree with it), an fd of it, and `dir`'s name to publish as.
+pub(crate) fn empty_dir(
+    dir: &std::path::Path,
+    flag: &str,
+) -> crate::error::Result<(Registered, OwnedFd, Vec<u8>)> {
+    use crate::error::Error;
+    use std::path::PathBuf;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a directory name", dir.display())))?
+        .as_encoded_bytes()
+        .to_vec();
+    let parent_path = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = sys::open_dir(&parent_path).map_err(|e| Error::io(&parent_path, e))?;
+    match sys::lstatat(&parent, &name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dir, e)),
+        Ok(st) => {
+            if sys::file_type(&st) != sys::FileType::Directory {
+                return Err(Error::io(dir, io::Error::other("not a directory")));
+            }
+            let d = sys::openat_dir(&parent, &name).map_err(|e| Error::io(dir, e))?;
+            if !sys::read_dir_names(&d)
+                .map_err(|e| Error::io(dir, e))?
+                .is_empty()
+            {
+                return Err(Error::io(
+                    dir,
+                    io::Error::other(format!(
+                        "not empty ({flag} needs an empty or missing directory)"
+                    )),
+                ));
+            }
+            if sys::fstat(&parent)
+                .map_err(|e| Error::io(&parent_path, e))?
+                .st_dev
+                != st.st_dev
+            {
+                return Err(Error::io(
+                    dir,
+                    io::Error::other("a mount point; unpack into a directory inside it"),
+                ));
+            }
+        }
+    }
+    let parent = Arc::new(parent);
+    // Dropped on any error: the temporary tree goes with it.
+    let (tmp, root) = directory(parent, &name, 0o700).map_err(|e| Error::io(dir, e))?;
+    Ok((tmp, root, name))
+}

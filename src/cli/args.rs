@@ -87,7 +87,7 @@ pub struct ApplyCli {
 
 /// Options of `layerapply` / `layerkit apply`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["into", "store"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["into", "store", "rootfs"])))]
 pub struct ApplyArgs {
     /// Layer tars, bottom first, or one image.
     #[arg(
@@ -104,6 +104,10 @@ pub struct ApplyArgs {
     /// Unpack the LAYERs into an overlay2-style store under DIR; prints the `lowerdir=` value.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Unpack the whole stack (LAYERs or an image) into DIR as one plain tree, deletions applied
+    /// (created if missing, must be empty).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
     /// Write user.overlay.* markers (for rootless `userxattr` mounts).
     #[arg(long)]
     pub userxattr: bool,

@@ -18,6 +18,7 @@ use crate::input::{Input, Source};
 use crate::output::BlobOptions;
 use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
+use crate::rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
 use crate::squash::{squash, squash_to_file, SquashOptions};
 use crate::store::{apply_image, apply_store};
 use crate::tar::write::WriteOptions;
@@ -221,16 +222,24 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
             })?,
             None => PlatformChoice::host(),
         };
-        let Some(dir) = &a.store else {
+        if a.into.is_some() {
             return Err(Error::Usage(
-                "an image is unpacked with --store DIR (--into takes one layer file)".into(),
+                "an image is unpacked with --store DIR or --rootfs DIR (--into takes one layer file)"
+                    .into(),
             ));
-        };
+        }
         let image = crate::image::open(&image, &platform)?;
+        if let Some(dir) = &a.rootfs {
+            return print_rootfs(&apply_image_rootfs(dir, &image, &opts)?, a.json);
+        }
+        let dir = a.store.as_deref().expect("one target");
         let report = apply_image(dir, &image, &opts)?;
         return print_apply(&report, &a);
     }
     let inputs = layer_inputs(&a.layers)?;
+    if let Some(dir) = &a.rootfs {
+        return print_rootfs(&apply_rootfs(dir, &inputs, &opts)?, a.json);
+    }
     let report = match (&a.into, &a.store) {
         (Some(dir), None) => {
             if inputs.len() != 1 {
@@ -249,6 +258,17 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
         }
     };
     print_apply(&report, &a)
+}
+
+fn print_rootfs(report: &RootfsReport, json: bool) -> Result<()> {
+    for w in &report.warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+    if json {
+        let text = serde_json::to_string(report).expect("serialisable");
+        writeln!(io::stdout().lock(), "{text}").map_err(Error::output)?;
+    }
+    Ok(())
 }
 
 /// An image reference among the layer arguments: it must be the only one.

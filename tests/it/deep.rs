@@ -117,7 +117,7 @@ fn a_member_at_the_depth_limit_is_cheap_everywhere() {
     );
     // Flattened, every dir is named: 4,095 headers whose paths add up to 2 GB, written to
     // /dev/null in small memory (the plan names each dir by one component, see
-    // `squash::merge::Step::Enter`; before, it held all 2 GB of paths).
+    // `stack::merge::Step::Enter`; before, it held all 2 GB of paths).
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerkit"));
     cmd.args(["squash", "--flatten", "-o", "/dev/null"])
         .arg(&base)

@@ -124,6 +124,14 @@ fn every_image_form_gives_the_store_umoci_shows() {
     // umoci 0.4 reads no zstd: its reference image is gzip and plain; zstd comes in the others.
     let good = make_image(&root.join("img"), &tars, &["gzip", "none", "gzip"], "");
     let want = umoci_view(root, &good, "t");
+    // --rootfs of the layer files: the same tree.
+    let from_files = root.join("rootfs-files");
+    succeeded_cmd(layerapply().arg("--rootfs").arg(&from_files).args(&tars));
+    assert_same(
+        &want,
+        &dump(&from_files, &[]),
+        "umoci vs --rootfs of the layer files",
+    );
     assert_same(
         &want,
         &store_view(root, &by_layers),
@@ -178,6 +186,14 @@ fn every_image_form_gives_the_store_umoci_shows() {
             &want,
             &store_view(root, &report),
             &format!("{r}: umoci vs the store"),
+        );
+        // The whole stack as one plain tree: what umoci's unpack gives.
+        let rootfs = root.join(format!("rootfs{i}"));
+        succeeded_cmd(layerapply().arg("--rootfs").arg(&rootfs).arg(r));
+        assert_same(
+            &want,
+            &dump(&rootfs, &[]),
+            &format!("{r}: umoci vs --rootfs"),
         );
         // Again: every layer is reused, by chainID, without reading a blob.
         let again = layerapply_json(&["--store", store.to_str().unwrap(), r]);
@@ -293,6 +309,18 @@ fn every_verification_failure_is_one_line_and_commits_nothing_of_the_bad_layer()
         } else {
             assert!(have.is_empty(), "{tamper}: nothing committed: {have:?}");
         }
+        // --rootfs verifies as it reads too, and leaves nothing.
+        let rootfs = root.join(format!("rootfs{i}"));
+        let out = run_unchecked(
+            layerapply()
+                .arg("--rootfs")
+                .arg(&rootfs)
+                .arg(format!("oci:{}:t", img.display())),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--rootfs {tamper}: {err}");
+        assert!(err.contains(says), "--rootfs {tamper}: {err}");
+        assert!(!rootfs.exists(), "--rootfs {tamper}: no tree left");
         let staging = store.join(".layerkit/staging");
         if staging.exists() {
             assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "{tamper}");

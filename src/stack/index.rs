@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::compress::{decoder, Compression};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::input::{Input, Source};
+use crate::input::{take_hashed, Digests, Hashing, Input, Source};
 use crate::sys;
 use crate::tar::entry::to_entry;
 use crate::tar::read::Reader;
@@ -100,7 +100,11 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
         Some(f) => Box::new(f.try_clone().map_err(|e| Error::io(label, e))?),
         None => input.open()?,
     };
+    // An image's layer is verified in this one pass: the blob as read, the tar as decoded.
+    let verify = input.verifies();
+    let (src, raw_hash) = Hashing::new(src, verify, input.expects_sha512());
     let (kind, dec) = decoder(src).map_err(|e| Error::io(label, e))?;
+    let (dec, plain_hash) = Hashing::new(dec, verify, false);
     let in_place = kind == Compression::None && file.as_ref().is_some_and(sys::is_regular);
     let (members, tar) = if in_place {
         drop(dec);
@@ -108,10 +112,24 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
         let mut buf =
             io::BufReader::with_capacity(1 << 16, f.try_clone().map_err(|e| Error::io(label, e))?);
         buf.rewind().map_err(|e| Error::io(label, e))?;
-        let rd = Reader::with_skip(buf, label, |r, n| {
-            r.seek_relative(i64::try_from(n).map_err(|_| io::ErrorKind::InvalidInput)?)
-        });
-        (read_members(rd, label)?.0, f)
+        if input.verifies() {
+            // Every byte read (no skipping) and hashed: the blob is the tar.
+            let (hashing, state) = Hashing::new(buf, true, input.expects_sha512());
+            let rd = Reader::new(io::BufReader::with_capacity(1 << 16, hashing), label);
+            let members = read_members(rd, label)?.0;
+            let (sha256, sha512, size) = take_hashed(state).finish();
+            input.verify(&Digests {
+                blob: sha512.unwrap_or_else(|| sha256.clone()),
+                diff_id: sha256,
+                size,
+            })?;
+            (members, f)
+        } else {
+            let rd = Reader::with_skip(buf, label, |r, n| {
+                r.seek_relative(i64::try_from(n).map_err(|_| io::ErrorKind::InvalidInput)?)
+            });
+            (read_members(rd, label)?.0, f)
+        }
     } else {
         let spool = sys::tmpfile_in(tmp).map_err(|e| spool_error(tmp, e))?;
         let out = spool.try_clone().map_err(|e| spool_error(tmp, e))?;
@@ -129,6 +147,16 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
             }
         };
         s.out.flush().map_err(|e| spool_error(tmp, e))?;
+        drop(s);
+        if input.verifies() {
+            let (sha256, sha512, size) = take_hashed(raw_hash).finish();
+            let (diff_id, _, _) = take_hashed(plain_hash).finish();
+            input.verify(&Digests {
+                blob: sha512.unwrap_or(sha256),
+                diff_id,
+                size,
+            })?;
+        }
         (members, spool)
     };
     Ok(Layer {

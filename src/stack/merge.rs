@@ -22,7 +22,7 @@ use crate::path::{show, RelPath};
 use crate::resolve::{
     joined as join_rest, resolve, Last, Options as ResolveOptions, Outcome, Seen, Tree,
 };
-use crate::squash::index::LayerIndex;
+use crate::stack::index::LayerIndex;
 
 /// A member of a layer: (layer, member) indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -908,7 +908,7 @@ mod tests {
     //! `flatten` the base is empty and the plan holds no marker at all.
 
     use super::*;
-    use crate::squash::index::Member;
+    use crate::stack::index::Member;
     use crate::tar::BLOCK;
 
     // --- Layers in memory ------------------------------------------------------------------------
