@@ -688,6 +688,65 @@ fn main() -> ExitCode {
                         cmds.push(c);
                     }
                     if image_ok && !opts.baselines_only {
+                        // One flattened tree (issue 13): against umoci above and against the
+                        // floor, GNU tar extracting the already-flattened stack (file creation
+                        // alone). The flattened tar is made once, untimed, from our own tree.
+                        let flat = work.join(format!("flat-{comp}.tar"));
+                        if !flat.is_file() {
+                            let _ = std::fs::create_dir_all(&work);
+                            let tree = work.join(format!("flat-{comp}-tree"));
+                            let _ = std::fs::remove_dir_all(&tree);
+                            let ok = Command::new(&la)
+                                .arg("--rootfs")
+                                .arg(&tree)
+                                .arg(format!("oci:{}:latest", image.display()))
+                                .status()
+                                .is_ok_and(|s| s.success())
+                                && Command::new("tar")
+                                    .args([
+                                        "--xattrs",
+                                        "--xattrs-include=*",
+                                        "--numeric-owner",
+                                        "-C",
+                                    ])
+                                    .arg(&tree)
+                                    .arg("-cf")
+                                    .arg(&flat)
+                                    .arg(".")
+                                    .status()
+                                    .is_ok_and(|s| s.success());
+                            let _ = std::fs::remove_dir_all(&tree);
+                            if !ok {
+                                let _ = std::fs::remove_file(&flat);
+                            }
+                        }
+                        if flat.is_file() {
+                            let df = d("flat-tar");
+                            cmds.push(Cmd::new(
+                                "tar -xpf of the flattened stack (floor: file creation alone)",
+                                "tar",
+                                Role::Baseline,
+                                df.clone(),
+                                format!(
+                                    "mkdir -p {} && tar --xattrs --xattrs-include='*' -xpf {} -C {}",
+                                    q(&df.join("t")),
+                                    q(&flat),
+                                    q(&df.join("t"))
+                                ),
+                            ));
+                        }
+                        let dr = d("la-rootfs");
+                        cmds.push(Cmd::new(
+                            &format!("layerapply --rootfs oci:oci/{oci} (verified, flattened)"),
+                            "layerapply",
+                            Role::Peer,
+                            dr.clone(),
+                            format!(
+                                "{la_q} --rootfs {} oci:{}:latest",
+                                q(&dr.join("rootfs")),
+                                image.display()
+                            ),
+                        ));
                         // The same stack as an image: index, manifest, config and every blob
                         // verified in the unpacking pass (issue 13).
                         let di = d("la-image");

@@ -57,7 +57,10 @@ mod unpack;
 
 pub use apply::apply_into;
 pub use compress::Compression;
-pub use diff::{diff, diff_to_file, DiffOptions, DiffReport};
+pub use diff::{
+    diff, diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageDiffReport, ImageMeta,
+    ImageTarget, ManifestDescriptor,
+};
 pub use digest::Descriptor;
 pub use error::{Error, Result, Rule};
 pub use input::{Input, Source};

@@ -70,6 +70,12 @@ pub struct DiffArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// With `-o oci:DIR[:REF]`: the image the new one is built on (its layers plus the diff).
+    #[arg(long, value_name = "IMAGE")]
+    pub base: Option<String>,
+    /// With `-o oci:DIR[:REF]`: the new layer's history comment.
+    #[arg(long, value_name = "M")]
+    pub message: Option<String>,
 }
 
 /// `layerapply`: OCI layer tars become overlay-native layer dirs.

@@ -11,7 +11,9 @@ use clap::Parser;
 
 use crate::apply::apply_into;
 use crate::compress::Compression;
-use crate::diff::{diff, diff_to_file, DiffOptions, DiffReport};
+use crate::diff::{
+    diff, diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageMeta, ImageTarget,
+};
 use crate::error::{Error, Result};
 use crate::image::{ImageRef, PlatformChoice};
 use crate::input::{Input, Source};
@@ -116,6 +118,19 @@ fn compression(
 }
 
 fn run_diff(a: DiffArgs) -> Result<()> {
+    if let Some(target) = a
+        .output
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .and_then(ImageRef::parse)
+    {
+        return run_diff_image(&a, target);
+    }
+    if a.base.is_some() || a.message.is_some() {
+        return Err(Error::Usage(
+            "--base and --message go with an image output (-o oci:DIR[:REF])".into(),
+        ));
+    }
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
     let compression = compression(a.compression, a.level, a.output.as_deref())?;
     check_stdout(to_stdout, a.json)?;
@@ -149,6 +164,63 @@ fn run_diff(a: DiffArgs) -> Result<()> {
         let mut out = io::stdout().lock();
         let json = serde_json::to_string(&report.descriptor).expect("serialisable");
         writeln!(out, "{json}").map_err(Error::output)?;
+    }
+    Ok(())
+}
+
+/// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
+fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
+    let ImageRef::Oci { dir, name } = target else {
+        return Err(Error::Usage(
+            "layerdiff writes images as oci:DIR[:REF] (copy it on with skopeo for an archive)"
+                .into(),
+        ));
+    };
+    let base = match &a.base {
+        Some(b) => {
+            let r = ImageRef::parse(b).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--base {b}: an image (oci:, oci-archive:, docker-archive:)"
+                ))
+            })?;
+            Some(crate::image::open(&r, &PlatformChoice::host())?)
+        }
+        None => None,
+    };
+    let compression = a.compression.unwrap_or(Compression::Gzip);
+    compression.level(a.level).map_err(Error::Usage)?;
+    let opts = DiffOptions {
+        walk: WalkOptions {
+            ns: if a.userxattr {
+                Namespace::User
+            } else {
+                Namespace::Trusted
+            },
+            lowers: a.lowers.clone(),
+        },
+        compression,
+        level: a.level,
+        jobs: a.jobs.unwrap_or(0),
+        write: WriteOptions {
+            clamp_mtime: a.source_date_epoch,
+            subsecond: false,
+        },
+    };
+    let target = ImageTarget {
+        dir,
+        name: name.unwrap_or_else(|| "latest".into()),
+    };
+    let meta = ImageMeta {
+        created: a.source_date_epoch,
+        message: a.message.clone(),
+    };
+    let report = diff_to_image(&a.upper, &target, base.as_ref(), &opts, &meta)?;
+    for w in &report.warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+    if a.json {
+        let text = serde_json::to_string(&report).expect("serialisable");
+        writeln!(io::stdout().lock(), "{text}").map_err(Error::output)?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 pub(crate) mod reference;
 pub(crate) mod source;
 pub(crate) mod spec;
+pub(crate) mod write;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
@@ -37,6 +38,26 @@ pub struct Image {
     pub diff_ids: Vec<String>,
     /// The layers, bottom first, each verifying itself as it is read.
     pub layers: Vec<Input>,
+    /// The layers' descriptors (OCI media types), for an image built on this one.
+    pub(crate) descs: Vec<write::LayerDesc>,
+}
+
+/// The OCI media type of a layer media type (Docker's become their OCI equivalents).
+fn oci_layer_type(media_type: &str) -> String {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        }
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        other => other,
+    }
+    .to_string()
 }
 
 /// The most bytes of a root-level `oci-layout` or `manifest.json` member read to tell an image
@@ -394,7 +415,14 @@ fn image_of(files: &Files, label: &str, md: &Descriptor, m: &Manifest) -> Result
         ));
     }
     let mut layers = Vec::with_capacity(m.layers.len());
+    let mut descs = Vec::with_capacity(m.layers.len());
     for (i, (l, id)) in m.layers.iter().zip(&diff_ids).enumerate() {
+        descs.push(write::LayerDesc {
+            media_type: oci_layer_type(&l.media_type),
+            digest: l.digest.clone(),
+            size: l.size,
+            diff_id: id.clone(),
+        });
         if spec::layer_type(&l.media_type).is_none() {
             return Err(format_error(
                 &l.digest,
@@ -420,6 +448,7 @@ fn image_of(files: &Files, label: &str, md: &Descriptor, m: &Manifest) -> Result
         config_bytes,
         diff_ids,
         layers,
+        descs,
     })
 }
 
@@ -511,15 +540,24 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
         ));
     }
     let mut layers = Vec::with_capacity(s.layers.len());
+    let mut descs = Vec::with_capacity(s.layers.len());
     for (i, (l, id)) in s.layers.iter().zip(&diff_ids).enumerate() {
         // Docker 25+ names each layer by its blob digest; a classic archive by a directory.
         let blob = l
             .strip_prefix("blobs/sha256/")
             .and_then(|h| Digest::parse(&format!("sha256:{h}")))
             .map(|d| d.to_string());
+        let source = files.source(l)?;
+        // `docker save` layers are plain tars: the blob is the diff.
+        descs.push(write::LayerDesc {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: id.clone(),
+            size: files.size(l)?,
+            diff_id: id.clone(),
+        });
         layers.push(Input::blob(
             format!("{label}: layer {i} ({l})"),
-            files.source(l)?,
+            source,
             Expect {
                 blob,
                 size: None,
@@ -534,6 +572,7 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
         config_bytes,
         diff_ids,
         layers,
+        descs,
     })
 }
 

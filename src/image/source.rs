@@ -104,6 +104,11 @@ impl Files {
         Ok(v)
     }
 
+    /// `name`'s size in bytes.
+    pub(crate) fn size(&self, name: &str) -> Result<u64> {
+        Ok(self.open_member(&clean(name)?)?.1)
+    }
+
     /// Where `name`'s bytes are, for the layer pipeline (read once, verified as they stream).
     pub(crate) fn source(&self, name: &str) -> Result<Source> {
         let name = clean(name)?;

@@ -512,3 +512,138 @@ fn an_image_given_as_a_layer_is_refused_with_the_right_prefix() {
             .arg(root.join("odd-sq.tar")),
     );
 }
+
+fn skopeo_inspect(r: &str) -> serde_json::Value {
+    let out = succeeded_cmd(Command::new("skopeo").args(["inspect", r]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn config_of(layout: &Path, name: &str) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap_or_else(|| panic!("no ref {name} in {index}"));
+    let blob = |d: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&m["digest"])).unwrap()).unwrap();
+    serde_json::from_slice(&std::fs::read(blob(&manifest["config"]["digest"])).unwrap()).unwrap()
+}
+
+#[test]
+fn layerdiff_writes_an_image_that_skopeo_and_umoci_read() {
+    if !need_root("layerdiff reads trusted.overlay.* markers") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
+    let upper = root.join("upper");
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    sh(
+        &upper,
+        "echo hello > etc/greeting && mknod etc/os-hard c 0 0",
+    );
+    let diff_to = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let o = succeeded_cmd(
+            layerdiff()
+                .arg(&upper)
+                .args(["-o", out, "--json"])
+                .args(extra)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let base_ref = format!("oci:{}:t", base.display());
+    let out = root.join("out");
+    let r = diff_to(
+        &format!("oci:{}:v1", out.display()),
+        &["--base", &base_ref, "--message", "hi"],
+    );
+    assert!(
+        r["manifest"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{r}"
+    );
+    // skopeo reads it (and checks every digest when copying it).
+    let inspected = skopeo_inspect(&format!("oci:{}:v1", out.display()));
+    let base_inspected = skopeo_inspect(&base_ref);
+    let layers = inspected["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4);
+    assert_eq!(
+        &layers[..3],
+        base_inspected["Layers"].as_array().unwrap().as_slice(),
+        "base blobs kept"
+    );
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:v1", out.display()))
+        .arg(format!("oci:{}:copy", root.join("copied").display())));
+    // The config: the base's, plus one diffID and one history entry for the new layer.
+    let cfg = config_of(&out, "v1");
+    let ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[3], r["layer"]["diffID"]);
+    let history = cfg["history"].as_array().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[3]["comment"], "hi");
+    assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
+    // Two independent readers agree on the image's tree, which has the diff applied.
+    let want = umoci_view(root, &out, "v1");
+    let rootfs = root.join("rootfs");
+    succeeded_cmd(
+        layerapply()
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .arg(format!("oci:{}:v1", out.display())),
+    );
+    assert_same(
+        &want,
+        &dump(&rootfs, &[]),
+        "umoci vs --rootfs of the new image",
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/greeting")).unwrap(),
+        b"hello\n"
+    );
+    assert!(!rootfs.join("etc/os-hard").exists(), "the whiteout applied");
+    // Same inputs and time: the same image, byte for byte.
+    let out2 = root.join("out2");
+    let r2 = diff_to(
+        &format!("oci:{}:v1", out2.display()),
+        &["--base", &base_ref, "--message", "hi"],
+    );
+    assert_eq!(r["manifest"], r2["manifest"], "deterministic manifest");
+    assert_eq!(
+        std::fs::read(out.join("index.json")).unwrap(),
+        std::fs::read(out2.join("index.json")).unwrap()
+    );
+    // Into the base's own layout under a new ref: the old ref stays.
+    diff_to(
+        &format!("oci:{}:v2", base.display()),
+        &["--base", &base_ref],
+    );
+    let index = std::fs::read_to_string(base.join("index.json")).unwrap();
+    assert!(
+        index.contains("\"t\"") && index.contains("\"v2\""),
+        "{index}"
+    );
+    skopeo_inspect(&format!("oci:{}:v2", base.display()));
+    // No base: a one-layer image with a minimal config for this host.
+    let solo = root.join("solo");
+    diff_to(&format!("oci:{}", solo.display()), &[]);
+    let cfg = config_of(&solo, "latest");
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(cfg["os"], "linux");
+    skopeo_inspect(&format!("oci:{}:latest", solo.display()));
+}

@@ -1,0 +1,272 @@
+//! Writing an OCI image layout (`oci:DIR:REF`): blobs content-addressed and written atomically
+//! (a temporary name, then renamed to the digest; a blob already there is reused), `index.json`
+//! replaced atomically with the other refs kept. A crash leaves the layout as it was, plus at most
+//! a temporary blob that the next writer reaps.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result, Rule};
+use crate::staging;
+use crate::sys;
+
+/// An open layout, made when missing.
+pub(crate) struct LayoutWriter {
+    path: PathBuf,
+    fd: OwnedFd,
+    blobs: Arc<OwnedFd>,
+}
+
+const EMPTY_INDEX: &str = r#"{"schemaVersion":2,"manifests":[]}"#;
+
+impl LayoutWriter {
+    /// The layout at `path`: a new or empty directory becomes one; an existing layout is kept;
+    /// anything else is refused before anything is written.
+    pub(crate) fn open(path: &Path) -> Result<LayoutWriter> {
+        let e = |err: io::Error| Error::io(path, err);
+        sys::mkdir_p(path, 0o755).map_err(e)?;
+        let fd = sys::open_dir(path).map_err(e)?;
+        let names = sys::read_dir_names(&fd).map_err(e)?;
+        let is_layout = names.iter().any(|n| n == b"oci-layout");
+        if !is_layout && !names.is_empty() {
+            return Err(Error::rejected(
+                path,
+                Rule::ImageFormat,
+                "neither an OCI layout nor an empty directory: refusing to write an image there",
+            ));
+        }
+        if !is_layout {
+            sys::mkdirat_exist_ok(&fd, b"blobs", 0o755).map_err(e)?;
+            let b = sys::openat_dir(&fd, b"blobs").map_err(e)?;
+            sys::mkdirat_exist_ok(&b, b"sha256", 0o755).map_err(e)?;
+            sys::write_file_atomic(fd.as_fd(), b"index.json", EMPTY_INDEX.as_bytes(), 0o644)
+                .map_err(e)?;
+            sys::write_file_atomic(
+                fd.as_fd(),
+                b"oci-layout",
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+                0o644,
+            )
+            .map_err(e)?;
+        }
+        let b = sys::openat_dir(&fd, b"blobs").map_err(e)?;
+        sys::mkdirat_exist_ok(&b, b"sha256", 0o755).map_err(e)?;
+        let blobs = Arc::new(sys::openat_dir(&b, b"sha256").map_err(e)?);
+        Ok(LayoutWriter {
+            path: path.to_path_buf(),
+            fd,
+            blobs,
+        })
+    }
+
+    /// A blob written by `fill` (which returns the blob's sha256 digest as it computed it), renamed
+    /// to that digest when complete.
+    pub(crate) fn put_with<T>(
+        &self,
+        fill: impl FnOnce(
+            io::BufWriter<std::fs::File>,
+        ) -> Result<(T, String, io::BufWriter<std::fs::File>)>,
+    ) -> Result<T> {
+        let e = |err: io::Error| Error::io(self.path.join("blobs/sha256"), err);
+        let (tmp, f) = staging::file(self.blobs.clone(), b"blob").map_err(e)?;
+        let (t, digest, w) = fill(io::BufWriter::with_capacity(1 << 20, f))?;
+        let f = w.into_inner().map_err(|err| e(err.into_error()))?;
+        f.sync_all().map_err(e)?;
+        drop(f);
+        let hex = digest
+            .strip_prefix("sha256:")
+            .unwrap_or(&digest)
+            .to_string();
+        tmp.publish(hex.as_bytes()).map_err(e)?;
+        Ok(t)
+    }
+
+    /// A blob of these bytes; returns `(digest, size)`.
+    pub(crate) fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if !self.has(&digest) {
+            self.put_with(|mut w| {
+                w.write_all(bytes)
+                    .map_err(|e| Error::io(self.path.join("blobs/sha256"), e))?;
+                Ok(((), digest.clone(), w))
+            })?;
+        }
+        Ok((digest, bytes.len() as u64))
+    }
+
+    /// A blob copied from `src` (another image's), checked against `digest` as it is copied.
+    pub(crate) fn copy_blob(&self, src: &mut dyn Read, digest: &str, label: &str) -> Result<()> {
+        if self.has(digest) {
+            return Ok(());
+        }
+        self.put_with(|mut w| {
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io(label, e)),
+                };
+                h.update(&buf[..n]);
+                w.write_all(&buf[..n])
+                    .map_err(|e| Error::io(self.path.join("blobs/sha256"), e))?;
+            }
+            let got = format!("sha256:{}", hex::encode(h.finalize()));
+            if got != digest {
+                return Err(Error::rejected(
+                    label,
+                    Rule::BlobDigest,
+                    format!("digest {got}, its descriptor says {digest}"),
+                ));
+            }
+            Ok(((), got, w))
+        })
+    }
+
+    /// Whether the layout has the blob `digest` (sha256).
+    pub(crate) fn has(&self, digest: &str) -> bool {
+        digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| sys::lstatat(&*self.blobs, hex.as_bytes()).is_ok())
+    }
+
+    /// Point `name` at the manifest `desc`, keeping every other entry; `index.json` is replaced
+    /// atomically.
+    pub(crate) fn set_ref(&self, mut desc: Value, name: &str) -> Result<()> {
+        let e = |err: io::Error| Error::io(self.path.join("index.json"), err);
+        let bytes = sys::read_file_at(&self.fd, b"index.json").map_err(e)?;
+        let mut index: Value = serde_json::from_slice(&bytes).map_err(|err| {
+            Error::rejected(
+                self.path.join("index.json"),
+                Rule::ImageFormat,
+                err.to_string(),
+            )
+        })?;
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| {
+                Error::rejected(
+                    self.path.join("index.json"),
+                    Rule::ImageFormat,
+                    "no manifests list",
+                )
+            })?;
+        manifests.retain(|m| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name")
+                .and_then(Value::as_str)
+                != Some(name)
+        });
+        desc["annotations"] = json!({ "org.opencontainers.image.ref.name": name });
+        manifests.push(desc);
+        let text = serde_json::to_vec(&index).expect("serialisable");
+        sys::write_file_atomic(self.fd.as_fd(), b"index.json", &text, 0o644).map_err(e)
+    }
+}
+
+/// One layer of an image being written: its descriptor and diffID.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerDesc {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+}
+
+impl LayerDesc {
+    fn descriptor(&self) -> Value {
+        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    }
+}
+
+/// RFC 3339 UTC of `secs` since the epoch (the image-spec's `created`), without a date crate.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The config of `base` (or a minimal one for this host) with `layer` on top: its diffID appended
+/// to `rootfs.diff_ids` and one history entry for it, so that the non-empty history entries still
+/// pair with the layers; `created` is the image's and the entry's time.
+pub(crate) fn config_with(
+    base: Option<&[u8]>,
+    layer: &LayerDesc,
+    created: &str,
+    by: &str,
+    comment: Option<&str>,
+) -> Result<Vec<u8>> {
+    let mut v: Value = match base {
+        Some(b) => serde_json::from_slice(b)
+            .map_err(|e| Error::rejected("config", Rule::ImageFormat, e.to_string()))?,
+        None => {
+            let (os, arch) = super::host_platform();
+            json!({"architecture": arch, "os": os, "config": {}, "rootfs": {"type": "layers", "diff_ids": []}})
+        }
+    };
+    let ids = v
+        .pointer_mut("/rootfs/diff_ids")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| Error::rejected("config", Rule::ImageFormat, "no rootfs.diff_ids"))?;
+    ids.push(json!(layer.diff_id));
+    let mut entry = json!({"created": created, "created_by": by});
+    if let Some(c) = comment {
+        entry["comment"] = json!(c);
+    }
+    match v.get_mut("history").and_then(Value::as_array_mut) {
+        Some(h) => h.push(entry),
+        None => v["history"] = json!([entry]),
+    }
+    v["created"] = json!(created);
+    Ok(serde_json::to_vec(&v).expect("serialisable"))
+}
+
+/// An OCI image manifest of `config` (`(digest, size)`) and `layers`.
+pub(crate) fn manifest_of(config: (&str, u64), layers: &[LayerDesc]) -> Vec<u8> {
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": super::spec::media::OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.0,
+            "size": config.1,
+        },
+        "layers": layers.iter().map(LayerDesc::descriptor).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&m).expect("serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}
