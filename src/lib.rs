@@ -69,7 +69,7 @@ pub use overlay::read::upper::WalkOptions;
 pub use overlay::Namespace;
 pub use path::RelPath;
 pub use rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
-pub use squash::{squash, squash_to_file, SquashOptions};
+pub use squash::{squash, squash_image, squash_to_file, ImageSquashReport, SquashOptions};
 pub use staging::remove_on_signals;
 pub use store::{apply_image, apply_store};
 pub use tar::write::WriteOptions;

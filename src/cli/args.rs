@@ -152,6 +152,20 @@ pub struct SquashArgs {
     /// Worker threads: layers read at once, compression workers (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// With an image: squash layers N..top (0-based; negative counts from the top; 0 flattens).
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value_t = 0
+    )]
+    pub from: i64,
+    /// With an image output: the squashed layer's history comment.
+    #[arg(long, value_name = "M")]
+    pub message: Option<String>,
+    /// With an image output: its `created`, seconds since the epoch (also read from SOURCE_DATE_EPOCH).
+    #[arg(long, value_name = "N", env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// `-c none|gzip|zstd`: the library's [`Compression`] stays free of clap.

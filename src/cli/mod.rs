@@ -21,7 +21,7 @@ use crate::output::BlobOptions;
 use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
 use crate::rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
-use crate::squash::{squash, squash_to_file, SquashOptions};
+use crate::squash::{squash, squash_image, squash_to_file, SquashOptions};
 use crate::store::{apply_image, apply_store};
 use crate::tar::write::WriteOptions;
 use crate::unpack::{ApplyOptions, ApplyReport};
@@ -168,6 +168,77 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     Ok(())
 }
 
+/// `layerkit squash IMAGE -o (oci:DIR[:REF] | FILE) [--from N] [--message M]`.
+fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
+    let image = crate::image::open(&image, &PlatformChoice::host())?;
+    let keep = crate::squash::from_layer(a.from, image.layers.len())?;
+    let out = a.output.to_str().and_then(ImageRef::parse);
+    // The new layer is compressed as the image's top layer was, unless -c says otherwise.
+    let top = image
+        .descs
+        .last()
+        .map(|d| d.media_type.as_str())
+        .unwrap_or("");
+    let inherited = if top.ends_with("+gzip") {
+        Compression::Gzip
+    } else if top.ends_with("+zstd") {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let compression = match (&out, a.compression) {
+        (_, Some(c)) => c,
+        (Some(_), None) => inherited,
+        (None, None) => compression(None, a.level, Some(&a.output))?,
+    };
+    compression.level(a.level).map_err(Error::Usage)?;
+    let opts = SquashOptions {
+        blob: BlobOptions {
+            compression,
+            level: a.level,
+            jobs: a.jobs.unwrap_or(0),
+            skip_digests: false,
+        },
+        flatten: a.flatten || keep == 0,
+        spool_dir: None,
+    };
+    let json = match out {
+        Some(ImageRef::Oci { dir, name }) => {
+            let target = ImageTarget {
+                dir,
+                name: name.unwrap_or_else(|| "latest".into()),
+            };
+            let meta = ImageMeta {
+                created: a.source_date_epoch,
+                message: a.message.clone(),
+            };
+            let r = squash_image(&image, a.from, &target, &opts, &meta)?;
+            serde_json::to_string(&r).expect("serialisable")
+        }
+        Some(_) => {
+            return Err(Error::Usage(
+                "squash writes images as oci:DIR[:REF] (copy it on with skopeo for an archive)"
+                    .into(),
+            ))
+        }
+        None => {
+            let to_stdout = a.output == Path::new("-");
+            check_stdout(to_stdout, a.json)?;
+            let d = if to_stdout {
+                let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
+                squash(&image.layers[keep..], out, &opts)?.0
+            } else {
+                squash_to_file(&image.layers[keep..], &a.output, &opts)?
+            };
+            serde_json::to_string(&d).expect("serialisable")
+        }
+    };
+    if a.json {
+        writeln!(io::stdout().lock(), "{json}").map_err(Error::output)?;
+    }
+    Ok(())
+}
+
 /// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
 fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
     let ImageRef::Oci { dir, name } = target else {
@@ -248,6 +319,14 @@ fn layer_inputs(layers: &[std::path::PathBuf]) -> Result<Vec<Input>> {
 }
 
 fn run_squash(a: SquashArgs) -> Result<()> {
+    if let Some(image) = image_arg(&a.layers)? {
+        return run_squash_image(&a, image);
+    }
+    if a.from != 0 || a.message.is_some() {
+        return Err(Error::Usage(
+            "--from and --message go with an image (layerkit squash IMAGE -o ...)".into(),
+        ));
+    }
     let to_stdout = a.output == Path::new("-");
     let compression = compression(a.compression, a.level, Some(&a.output))?;
     check_stdout(to_stdout, a.json)?;

@@ -258,6 +258,49 @@ pub(crate) fn manifest_of(config: (&str, u64), layers: &[LayerDesc]) -> Vec<u8> 
     serde_json::to_vec(&m).expect("serialisable")
 }
 
+/// The config of an image whose layers from `keep` up were squashed into `layer`: diff_ids cut at
+/// `keep` plus the new one, and the history cut after the entry of layer `keep - 1` plus one entry
+/// for the new layer, so that the non-empty history entries still pair with the layers. A base
+/// without history gets none.
+pub(crate) fn config_squashed(
+    base: &[u8],
+    keep: usize,
+    layer: &LayerDesc,
+    created: &str,
+    comment: Option<&str>,
+) -> Result<Vec<u8>> {
+    let bad = |d: &str| Error::rejected("config", Rule::ImageFormat, d.to_string());
+    let mut v: Value = serde_json::from_slice(base).map_err(|e| bad(&e.to_string()))?;
+    let ids = v
+        .pointer_mut("/rootfs/diff_ids")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| bad("no rootfs.diff_ids"))?;
+    ids.truncate(keep);
+    ids.push(json!(layer.diff_id));
+    if let Some(h) = v.get_mut("history").and_then(Value::as_array_mut) {
+        let mut kept = Vec::new();
+        let mut layers = 0;
+        for e in h.drain(..) {
+            let empty = e.get("empty_layer").and_then(Value::as_bool) == Some(true);
+            if !empty {
+                if layers == keep {
+                    break;
+                }
+                layers += 1;
+            }
+            kept.push(e);
+        }
+        let mut entry = json!({"created": created, "created_by": "layerkit squash"});
+        if let Some(c) = comment {
+            entry["comment"] = json!(c);
+        }
+        kept.push(entry);
+        *h = kept;
+    }
+    v["created"] = json!(created);
+    Ok(serde_json::to_vec(&v).expect("serialisable"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

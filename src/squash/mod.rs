@@ -87,3 +87,118 @@ impl<W: Write> PlanSink for TarSink<'_, W> {
 pub fn squash_to_file(inputs: &[Input], path: &Path, opts: &SquashOptions) -> Result<Descriptor> {
     to_file(path, |w| squash(inputs, w, opts))
 }
+
+/// Which layers of an image `--from N` squashes: `N..top`, N 0-based, negative from the top
+/// (`-2`: the top two). `0` (all) flattens. Returns the first squashed layer.
+pub(crate) fn from_layer(from: i64, layers: usize) -> Result<usize> {
+    let n = layers as i64;
+    let k = if from < 0 { n + from } else { from };
+    if n == 0 || !(0..n).contains(&k) {
+        return Err(Error::Usage(format!(
+            "--from {from}: the image has {layers} layers (use 0..{} or -{}..-1)",
+            n - 1,
+            n
+        )));
+    }
+    Ok(k as usize)
+}
+
+/// What `squash_image` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSquashReport {
+    /// The manifest that the ref now names.
+    pub manifest: crate::diff::ManifestDescriptor,
+    /// The squashed layer, with its diffID.
+    pub layer: Descriptor,
+    /// The layers kept below it, as they were.
+    pub kept: usize,
+}
+
+/// Squash layers `from..top` of `image` (see [`from_layer`]) into one and write the image into
+/// the OCI layout of `target`: the layers below kept byte-identical (the same blobs, copied into
+/// the layout when it lacks them), the config's diff_ids and history cut and extended to match.
+/// `from` 0 flattens. The squashed layers are verified as they are read.
+pub fn squash_image(
+    image: &crate::image::Image,
+    from: i64,
+    target: &crate::diff::ImageTarget,
+    opts: &SquashOptions,
+    meta: &crate::diff::ImageMeta,
+) -> Result<ImageSquashReport> {
+    use crate::image::write::{config_squashed, manifest_of, rfc3339, LayerDesc, LayoutWriter};
+    let keep = from_layer(from, image.layers.len())?;
+    let w = LayoutWriter::open(&target.dir)?;
+    for (input, d) in image.layers[..keep].iter().zip(&image.descs) {
+        if !d.digest.starts_with("sha256:") {
+            return Err(Error::Usage(format!(
+                "{}: a {} blob; layerkit writes sha256 layouts only",
+                input.label, d.digest
+            )));
+        }
+        if !w.has(&d.digest) {
+            w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
+        }
+    }
+    let opts = SquashOptions {
+        flatten: keep == 0,
+        ..opts.clone()
+    };
+    let layer = w.put_with(|out| {
+        let (d, out) = squash(&image.layers[keep..], out, &opts)?;
+        let digest = d.digest.clone();
+        Ok((d, digest, out))
+    })?;
+    let desc = LayerDesc {
+        media_type: layer.media_type.clone(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        diff_id: layer.diff_id.clone(),
+    };
+    let created = rfc3339(meta.created.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }));
+    let config = config_squashed(
+        &image.config_bytes,
+        keep,
+        &desc,
+        &created,
+        meta.message.as_deref(),
+    )?;
+    let (config_digest, config_size) = w.put_bytes(&config)?;
+    let mut layers = image.descs[..keep].to_vec();
+    layers.push(desc);
+    let manifest = manifest_of((&config_digest, config_size), &layers);
+    let (digest, size) = w.put_bytes(&manifest)?;
+    let m = crate::diff::ManifestDescriptor {
+        media_type: crate::image::spec::media::OCI_MANIFEST.to_string(),
+        digest,
+        size,
+    };
+    w.set_ref(
+        serde_json::json!({"mediaType": m.media_type, "digest": m.digest, "size": m.size}),
+        &target.name,
+    )?;
+    Ok(ImageSquashReport {
+        manifest: m,
+        layer,
+        kept: keep,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_layer;
+
+    #[test]
+    fn from_counts_from_the_bottom_or_the_top() {
+        assert_eq!(from_layer(0, 3).unwrap(), 0);
+        assert_eq!(from_layer(2, 3).unwrap(), 2);
+        assert_eq!(from_layer(-1, 3).unwrap(), 2);
+        assert_eq!(from_layer(-3, 3).unwrap(), 0);
+        assert!(from_layer(3, 3).is_err());
+        assert!(from_layer(-4, 3).is_err());
+        assert!(from_layer(0, 0).is_err());
+    }
+}

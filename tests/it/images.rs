@@ -647,3 +647,108 @@ fn layerdiff_writes_an_image_that_skopeo_and_umoci_read() {
     assert_eq!(cfg["os"], "linux");
     skopeo_inspect(&format!("oci:{}:latest", solo.display()));
 }
+
+#[test]
+fn squash_of_an_image_keeps_the_lower_blobs_and_what_the_image_shows() {
+    if !need_root("umoci unpacks owners") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
+    let base_ref = format!("oci:{}:t", base.display());
+    let want = umoci_view(root, &base, "t");
+    let base_layers = skopeo_inspect(&base_ref)["Layers"].clone();
+    let squash_to = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let o = succeeded_cmd(
+            Command::new(env!("CARGO_BIN_EXE_layerkit"))
+                .args(["squash", &base_ref, "-o", out, "--json"])
+                .args(extra)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // The top two layers into one; the bottom one kept as it was.
+    let out = root.join("out");
+    let r = squash_to(
+        &format!("oci:{}:sq", out.display()),
+        &["--from", "-2", "--message", "m"],
+    );
+    assert_eq!(r["kept"], 1);
+    assert!(
+        r["layer"]["mediaType"].as_str().unwrap().ends_with("+gzip"),
+        "the top layer's compression: {r}"
+    );
+    let layers = skopeo_inspect(&format!("oci:{}:sq", out.display()))["Layers"].clone();
+    assert_eq!(layers.as_array().unwrap().len(), 2);
+    assert_eq!(layers[0], base_layers[0], "the bottom blob is the base's");
+    assert_same(
+        &want,
+        &umoci_view(root, &out, "sq"),
+        "umoci: squashed image vs the original",
+    );
+    let cfg = config_of(&out, "sq");
+    let base_cfg = config_of(&base, "t");
+    assert_eq!(
+        cfg["rootfs"]["diff_ids"][0],
+        base_cfg["rootfs"]["diff_ids"][0]
+    );
+    assert_eq!(cfg["rootfs"]["diff_ids"][1], r["layer"]["diffID"]);
+    let history = cfg["history"].as_array().unwrap();
+    let non_empty: Vec<_> = history
+        .iter()
+        .filter(|h| h["empty_layer"] != true)
+        .collect();
+    assert_eq!(
+        non_empty.len(),
+        2,
+        "history pairs with the layers: {history:?}"
+    );
+    assert_eq!(non_empty[0], &base_cfg["history"][0]);
+    assert_eq!(non_empty[1]["comment"], "m");
+    // --from 0: one flattened layer, no markers left in it.
+    let flat = root.join("flat");
+    let r = squash_to(
+        &format!("oci:{}:f", flat.display()),
+        &["--from", "0", "-c", "none"],
+    );
+    let blob = flat.join("blobs/sha256").join(
+        r["layer"]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let names: Vec<String> = tar_members(&blob).into_iter().map(|m| m.name).collect();
+    assert!(!names.iter().any(|n| n.contains(".wh.")), "{names:?}");
+    assert_same(
+        &want,
+        &umoci_view(root, &flat, "f"),
+        "umoci: flattened image vs the original",
+    );
+    // -o FILE: just the squashed layer.
+    let file = root.join("top.tar");
+    let r = squash_to(file.to_str().unwrap(), &["--from", "1"]);
+    assert_eq!(r["diffID"], sha256_file(&file));
+    // A tampered layer in the range is refused as it is read.
+    let bad = make_image(
+        &root.join("bad"),
+        &tars,
+        &["none", "none", "none"],
+        r#", "tamper": {"diff_id": 2}"#,
+    );
+    let o = run_unchecked(
+        Command::new(env!("CARGO_BIN_EXE_layerkit"))
+            .args([
+                "squash",
+                &format!("oci:{}:t", bad.display()),
+                "--from",
+                "-2",
+                "-o",
+            ])
+            .arg(format!("oci:{}:x", root.join("badout").display())),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("layer does not match its diffID"), "{err}");
+}
