@@ -162,7 +162,9 @@ pub(crate) fn open_layer_file(label: &str, p: &Path) -> Result<std::fs::File> {
         .map_err(|_| Error::Usage(format!("{label}: bad path")))?;
     let f = sys::openat_file(rustix::fs::CWD, &c).map_err(|e| Error::io(label, e))?;
     if sys::fstat(&f).is_ok_and(|st| sys::file_type(&st) == sys::FileType::Directory) {
-        return Err(crate::image::dir_hint(label, p));
+        if let Some(e) = crate::image::layout_hint(label, p) {
+            return Err(e);
+        }
     }
     Ok(f)
 }

@@ -307,12 +307,10 @@ fn layer_inputs(layers: &[std::path::PathBuf]) -> Result<Vec<Input>> {
     {
         return Err(Error::Usage("stdin (-) can be given only once".into()));
     }
-    // A directory (an OCI layout, say) is refused before any layer is read.
+    // An OCI layout given as a layer is refused before any layer is read.
     for p in layers {
-        if crate::sys::stat_path(p, true)
-            .is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::Directory)
-        {
-            return Err(crate::image::dir_hint(&p.display().to_string(), p));
+        if let Some(e) = crate::image::layout_hint(&p.display().to_string(), p) {
+            return Err(e);
         }
     }
     Ok(inputs)

@@ -87,22 +87,24 @@ pub(crate) fn archive_hint(label: &str, path: &[u8], data: &[u8]) -> Option<Erro
         "docker-archive"
     };
     is_image.then(|| {
-        Error::Usage(format!(
-            "{label} is an image archive, not a layer: name it {prefix}:{label}"
-        ))
+        format_error(
+            label,
+            format!("an image archive, not a layer: name it {prefix}:{label}"),
+        )
     })
 }
 
-/// A directory given as a layer: the error, with a hint when it is an OCI layout.
-pub(crate) fn dir_hint(label: &str, dir: &std::path::Path) -> Error {
+/// A directory given as a layer that is an OCI layout: the error that names the right prefix.
+pub(crate) fn layout_hint(label: &str, dir: &std::path::Path) -> Option<Error> {
     let layout = crate::sys::stat_path(&dir.join("oci-layout"), true);
-    if layout.is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::RegularFile) {
-        Error::Usage(format!(
-            "{label} is an OCI image layout, not a layer: name it oci:{label}"
-        ))
-    } else {
-        Error::Usage(format!("{label} is a directory, not a layer file"))
-    }
+    layout
+        .is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::RegularFile)
+        .then(|| {
+            format_error(
+                label,
+                format!("an OCI image layout, not a layer: name it oci:{label}"),
+            )
+        })
 }
 
 /// The platform images are chosen for by default: this host's.

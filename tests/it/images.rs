@@ -462,7 +462,7 @@ fn an_image_given_as_a_layer_is_refused_with_the_right_prefix() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
-                Some(2),
+                Some(1),
                 "{how} {}: {err}",
                 what.display()
             );
