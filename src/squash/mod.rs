@@ -114,10 +114,10 @@ pub struct ImageSquashReport {
     pub kept: usize,
 }
 
-/// Squash layers `from..top` of `image` (see [`from_layer`]) into one and write the image into
-/// the OCI layout of `target`: the layers below kept byte-identical (the same blobs, copied into
-/// the layout when it lacks them), the config's diff_ids and history cut and extended to match.
-/// `from` 0 flattens. The squashed layers are verified as they are read.
+/// Squash layers `from..top` of `image` (`from` 0-based, negative from the top) into one and
+/// write the image into the OCI layout of `target`: the layers below kept byte-identical (the
+/// same blobs, copied into the layout when it lacks them), the config's diff_ids and history cut
+/// and extended to match. `from` 0 flattens. The squashed layers are verified as they are read.
 pub fn squash_image(
     image: &crate::image::Image,
     from: i64,
