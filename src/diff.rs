@@ -19,7 +19,10 @@ use crate::digest::Descriptor;
 use crate::entry::Sink;
 use crate::error::{Error, Outcomes, Result};
 use crate::image::spec::media::OCI_MANIFEST;
-use crate::image::write::{config_with, manifest_of, rfc3339, LayerDesc, LayoutWriter};
+use crate::image::write::{
+    config_with, manifest_of, rfc3339, write_to, ImageMeta, ImageTarget, LayerDesc,
+    ManifestDescriptor,
+};
 use crate::image::Image;
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
 use crate::overlay::read::upper::{walk, FileRef, Item, WalkOptions, Warning};
@@ -152,25 +155,6 @@ pub fn diff_to_file(upper: &Path, path: &Path, opts: &DiffOptions) -> Result<Dif
     to_file(path, |w| diff(upper, w, opts))
 }
 
-/// Where `layerdiff -o oci:DIR:REF` puts an image: an OCI layout and the ref to point at it.
-#[derive(Debug, Clone)]
-pub struct ImageTarget {
-    /// The layout directory (made when missing; an existing layout keeps its other images).
-    pub dir: std::path::PathBuf,
-    /// The ref name (`org.opencontainers.image.ref.name`).
-    pub name: String,
-}
-
-/// What the new image says besides its layers. `created` decides the config's bytes: the same
-/// upper, base and time give the same image, byte for byte.
-#[derive(Debug, Clone, Default)]
-pub struct ImageMeta {
-    /// Seconds since the epoch (`SOURCE_DATE_EPOCH`); `None`: now.
-    pub created: Option<i64>,
-    /// The history entry's comment.
-    pub message: Option<String>,
-}
-
 /// What `diff_to_image` wrote: the manifest that `REF` now names and the new layer.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageDiffReport {
@@ -181,18 +165,6 @@ pub struct ImageDiffReport {
     /// Entries skipped, with the reason.
     #[serde(skip)]
     pub warnings: Vec<Warning>,
-}
-
-/// An image manifest's descriptor.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManifestDescriptor {
-    /// `application/vnd.oci.image.manifest.v1+json`.
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    /// sha256 of the manifest.
-    pub digest: String,
-    /// Its size in bytes.
-    pub size: u64,
 }
 
 /// Diff `upper` into a new image in an OCI layout: `base`'s layers (its blobs copied as they are,
@@ -206,60 +178,61 @@ pub fn diff_to_image(
     opts: &DiffOptions,
     meta: &ImageMeta,
 ) -> Result<ImageDiffReport> {
-    let w = LayoutWriter::open(&target.dir)?;
-    if let Some(b) = base {
-        for (input, d) in b.layers.iter().zip(&b.descs) {
-            if !d.digest.starts_with("sha256:") {
-                return Err(Error::Usage(format!(
-                    "{}: a {} blob; layerkit writes sha256 layouts only",
-                    input.label, d.digest
-                )));
-            }
-            if !w.has(&d.digest) {
-                w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
+    write_to(target, |w, name| {
+        if let Some(b) = base {
+            for (input, d) in b.layers.iter().zip(&b.descs) {
+                if !d.digest.starts_with("sha256:") {
+                    return Err(Error::Usage(format!(
+                        "{}: a {} blob; layerkit writes sha256 layouts only",
+                        input.label, d.digest
+                    )));
+                }
+                if !w.has(&d.digest) {
+                    w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
+                }
             }
         }
-    }
-    let report = w.put_with(|out| {
-        let (r, out) = diff(upper, out, opts)?;
-        let digest = r.descriptor.digest.clone();
-        Ok((r, digest, out))
-    })?;
-    let layer = LayerDesc {
-        media_type: report.descriptor.media_type.clone(),
-        digest: report.descriptor.digest.clone(),
-        size: report.descriptor.size,
-        diff_id: report.descriptor.diff_id.clone(),
-    };
-    let created = rfc3339(meta.created.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    }));
-    let config = config_with(
-        base.map(|b| b.config_bytes.as_slice()),
-        &layer,
-        &created,
-        "layerkit diff",
-        meta.message.as_deref(),
-    )?;
-    let (config_digest, config_size) = w.put_bytes(&config)?;
-    let mut layers = base.map(|b| b.descs.clone()).unwrap_or_default();
-    layers.push(layer);
-    let manifest = manifest_of((&config_digest, config_size), &layers);
-    let (digest, size) = w.put_bytes(&manifest)?;
-    let desc = ManifestDescriptor {
-        media_type: OCI_MANIFEST.to_string(),
-        digest,
-        size,
-    };
-    w.set_ref(
-        serde_json::json!({"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}),
-        &target.name,
-    )?;
-    Ok(ImageDiffReport {
-        manifest: desc,
-        layer: report.descriptor,
-        warnings: report.warnings,
+        let report = w.put_with(|out| {
+            let (r, out) = diff(upper, out, opts)?;
+            let digest = r.descriptor.digest.clone();
+            Ok((r, digest, out))
+        })?;
+        let layer = LayerDesc {
+            media_type: report.descriptor.media_type.clone(),
+            digest: report.descriptor.digest.clone(),
+            size: report.descriptor.size,
+            diff_id: report.descriptor.diff_id.clone(),
+        };
+        let created = rfc3339(meta.created.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        }));
+        let config = config_with(
+            base.map(|b| b.config_bytes.as_slice()),
+            &layer,
+            &created,
+            "layerkit diff",
+            meta.message.as_deref(),
+        )?;
+        let (config_digest, config_size) = w.put_bytes(&config)?;
+        let mut layers = base.map(|b| b.descs.clone()).unwrap_or_default();
+        layers.push(layer);
+        let manifest = manifest_of((&config_digest, config_size), &layers);
+        let (digest, size) = w.put_bytes(&manifest)?;
+        let desc = ManifestDescriptor {
+            media_type: OCI_MANIFEST.to_string(),
+            digest,
+            size,
+        };
+        w.set_ref(
+            serde_json::json!({"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}),
+            name,
+        )?;
+        Ok(ImageDiffReport {
+            manifest: desc,
+            layer: report.descriptor,
+            warnings: report.warnings,
+        })
     })
 }

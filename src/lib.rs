@@ -57,12 +57,10 @@ mod unpack;
 
 pub use apply::apply_into;
 pub use compress::Compression;
-pub use diff::{
-    diff, diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageDiffReport, ImageMeta,
-    ImageTarget, ManifestDescriptor,
-};
+pub use diff::{diff, diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageDiffReport};
 pub use digest::Descriptor;
 pub use error::{Error, Result, Rule};
+pub use image::{ImageMeta, ImageTarget, ManifestDescriptor};
 pub use input::{Input, Source};
 pub use output::BlobOptions;
 pub use overlay::read::upper::WalkOptions;

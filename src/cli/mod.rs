@@ -11,10 +11,9 @@ use clap::Parser;
 
 use crate::apply::apply_into;
 use crate::compress::Compression;
-use crate::diff::{
-    diff, diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageMeta, ImageTarget,
-};
+use crate::diff::{diff, diff_to_file, diff_to_image, DiffOptions, DiffReport};
 use crate::error::{Error, Result};
+use crate::image::ImageMeta;
 use crate::image::{ImageRef, PlatformChoice};
 use crate::input::{Input, Source};
 use crate::output::BlobOptions;
@@ -203,23 +202,13 @@ fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
         spool_dir: None,
     };
     let json = match out {
-        Some(ImageRef::Oci { dir, name }) => {
-            let target = ImageTarget {
-                dir,
-                name: name.unwrap_or_else(|| "latest".into()),
-            };
+        Some(target) => {
             let meta = ImageMeta {
                 created: a.source_date_epoch,
                 message: a.message.clone(),
             };
-            let r = squash_image(&image, a.from, &target, &opts, &meta)?;
+            let r = squash_image(&image, a.from, &target.target(), &opts, &meta)?;
             serde_json::to_string(&r).expect("serialisable")
-        }
-        Some(_) => {
-            return Err(Error::Usage(
-                "squash writes images as oci:DIR[:REF] (copy it on with skopeo for an archive)"
-                    .into(),
-            ))
         }
         None => {
             let to_stdout = a.output == Path::new("-");
@@ -241,12 +230,6 @@ fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
 
 /// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
 fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
-    let ImageRef::Oci { dir, name } = target else {
-        return Err(Error::Usage(
-            "layerdiff writes images as oci:DIR[:REF] (copy it on with skopeo for an archive)"
-                .into(),
-        ));
-    };
     let base = match &a.base {
         Some(b) => {
             let r = ImageRef::parse(b).ok_or_else(|| {
@@ -277,15 +260,11 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
             subsecond: false,
         },
     };
-    let target = ImageTarget {
-        dir,
-        name: name.unwrap_or_else(|| "latest".into()),
-    };
     let meta = ImageMeta {
         created: a.source_date_epoch,
         message: a.message.clone(),
     };
-    let report = diff_to_image(&a.upper, &target, base.as_ref(), &opts, &meta)?;
+    let report = diff_to_image(&a.upper, &target.target(), base.as_ref(), &opts, &meta)?;
     for w in &report.warnings {
         eprintln!("warning: {}", one_line(w));
     }

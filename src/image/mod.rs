@@ -22,6 +22,7 @@ use crate::input::{Expect, Input};
 pub use reference::ImageRef;
 use source::Files;
 use spec::{media, Descriptor, Digest, DockerSaved, Index, Manifest, Platform};
+pub use write::{ImageMeta, ImageTarget, ManifestDescriptor};
 
 /// An opened image: what the jobs need to apply, squash or extend it.
 #[derive(Debug, Clone)]

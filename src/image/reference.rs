@@ -59,6 +59,22 @@ impl ImageRef {
         None
     }
 
+    /// Where an image written to this reference goes (`latest` when no REF is given).
+    pub fn target(&self) -> super::ImageTarget {
+        use super::ImageTarget;
+        match self.clone() {
+            ImageRef::Oci { dir, name } => ImageTarget::Layout {
+                dir,
+                name: name.unwrap_or_else(|| "latest".into()),
+            },
+            ImageRef::OciArchive { file, name } => ImageTarget::OciArchive {
+                file,
+                name: name.unwrap_or_else(|| "latest".into()),
+            },
+            ImageRef::DockerArchive { file, tag } => ImageTarget::DockerArchive { file, tag },
+        }
+    }
+
     /// The reference as the user wrote it (for messages).
     pub fn label(&self) -> String {
         match self {

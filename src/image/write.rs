@@ -301,6 +301,193 @@ pub(crate) fn config_squashed(
     Ok(serde_json::to_vec(&v).expect("serialisable"))
 }
 
+/// Where a new image goes.
+#[derive(Debug, Clone)]
+pub enum ImageTarget {
+    /// `oci:DIR[:REF]`: an OCI layout, made when missing; an existing one keeps its other images.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The ref name (`org.opencontainers.image.ref.name`).
+        name: String,
+    },
+    /// `oci-archive:FILE[:REF]`: a tar of a layout holding this one image, written atomically.
+    OciArchive {
+        /// The archive.
+        file: PathBuf,
+        /// The ref name.
+        name: String,
+    },
+    /// `docker-archive:FILE[:NAME:TAG]`: what `docker load` / `podman load` read (Docker 25+'s
+    /// form: `manifest.json` beside an OCI layout), written atomically.
+    DockerArchive {
+        /// The archive.
+        file: PathBuf,
+        /// `NAME:TAG` for `RepoTags`, if any.
+        tag: Option<String>,
+    },
+}
+
+/// What the new image says besides its layers. `created` decides the config's bytes: the same
+/// inputs and time give the same image, byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct ImageMeta {
+    /// Seconds since the epoch (`SOURCE_DATE_EPOCH`); `None`: now.
+    pub created: Option<i64>,
+    /// The history entry's comment.
+    pub message: Option<String>,
+}
+
+/// An image manifest's descriptor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ManifestDescriptor {
+    /// `application/vnd.oci.image.manifest.v1+json`.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// sha256 of the manifest.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Build an image into `target`: `build` gets a layout and the ref to set. An archive is built
+/// in a temporary layout beside it (removed however the run ends) and written from it.
+pub(crate) fn write_to<T>(
+    target: &ImageTarget,
+    build: impl FnOnce(&LayoutWriter, &str) -> Result<T>,
+) -> Result<T> {
+    let (file, name, tag) = match target {
+        ImageTarget::Layout { dir, name } => return build(&LayoutWriter::open(dir)?, name),
+        ImageTarget::OciArchive { file, name } => (file, name.as_str(), None),
+        ImageTarget::DockerArchive { file, tag } => (file, "latest", Some(tag.as_deref())),
+    };
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let pfd = Arc::new(sys::open_dir(&parent).map_err(|e| Error::io(&parent, e))?);
+    let (tmp, _fd) =
+        staging::directory(pfd, b"layout", 0o700).map_err(|e| Error::io(&parent, e))?;
+    let dir = parent.join(String::from_utf8_lossy(tmp.name()).as_ref());
+    let w = LayoutWriter::open(&dir)?;
+    let t = build(&w, name)?;
+    crate::output::to_file(file, |out| Ok(((), archive(&w, name, tag, out)?)))?;
+    drop(tmp);
+    Ok(t)
+}
+
+/// Write the layout as a tar into `out`, deterministically: fixed times and owners, sorted names.
+/// With `docker`, a `manifest.json` for `docker load` comes first.
+fn archive<W: Write>(
+    w: &LayoutWriter,
+    name: &str,
+    docker: Option<Option<&str>>,
+    out: W,
+) -> Result<W> {
+    use crate::entry::{Entry, Kind, Meta, Sink};
+    use crate::path::RelPath;
+    use crate::tar::{TarWriter, WriteOptions};
+    let mut t = TarWriter::new(out, WriteOptions::default());
+    let meta = |mode: u32| Meta {
+        mode,
+        ..Meta::default()
+    };
+    let file = |t: &mut TarWriter<W>, path: &str, data: &[u8]| {
+        t.put(
+            &Entry {
+                path: RelPath::new(path.as_bytes().to_vec()).expect("a layout name"),
+                kind: Kind::File {
+                    size: data.len() as u64,
+                },
+                meta: meta(0o644),
+            },
+            &mut &data[..],
+        )
+    };
+    let e = |err: io::Error| Error::io(&w.path, err);
+    let index = sys::read_file_at(&w.fd, b"index.json").map_err(e)?;
+    if let Some(tag) = docker {
+        let idx: Value = serde_json::from_slice(&index)
+            .map_err(|err| Error::rejected(&w.path, Rule::ImageFormat, err.to_string()))?;
+        let desc = idx["manifests"]
+            .as_array()
+            .and_then(|m| {
+                m.iter().find(|d| {
+                    d.pointer("/annotations/org.opencontainers.image.ref.name")
+                        .and_then(Value::as_str)
+                        == Some(name)
+                })
+            })
+            .ok_or_else(|| {
+                Error::rejected(&w.path, Rule::ImageFormat, "no manifest for the ref")
+            })?;
+        let hex = |d: &Value| {
+            d.as_str()
+                .unwrap_or_default()
+                .trim_start_matches("sha256:")
+                .to_string()
+        };
+        let m: Value = serde_json::from_slice(
+            &sys::read_file_at(&*w.blobs, hex(&desc["digest"]).as_bytes()).map_err(e)?,
+        )
+        .map_err(|err| Error::rejected(&w.path, Rule::ImageFormat, err.to_string()))?;
+        let layers: Vec<String> = m["layers"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|d| format!("blobs/sha256/{}", hex(&d["digest"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let saved = json!([{
+            "Config": format!("blobs/sha256/{}", hex(&m["config"]["digest"])),
+            "RepoTags": tag.map(|t| vec![t]).unwrap_or_default(),
+            "Layers": layers,
+        }]);
+        file(
+            &mut t,
+            "manifest.json",
+            &serde_json::to_vec(&saved).expect("serialisable"),
+        )?;
+    }
+    file(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    file(&mut t, "index.json", &index)?;
+    for dir in ["blobs", "blobs/sha256"] {
+        t.put(
+            &Entry {
+                path: RelPath::new(dir.as_bytes().to_vec()).expect("a layout name"),
+                kind: Kind::Dir,
+                meta: meta(0o755),
+            },
+            &mut io::empty(),
+        )?;
+    }
+    let mut names = sys::read_dir_names(&*w.blobs).map_err(e)?;
+    names.sort();
+    for n in names {
+        if n.starts_with(b".") {
+            continue;
+        }
+        let f = sys::openat_file(
+            &*w.blobs,
+            &std::ffi::CString::new(n.clone())
+                .map_err(|_| e(io::ErrorKind::InvalidInput.into()))?,
+        )
+        .map_err(e)?;
+        let size = f.metadata().map_err(e)?.len();
+        let path = format!("blobs/sha256/{}", String::from_utf8_lossy(&n));
+        t.put(
+            &Entry {
+                path: RelPath::new(path.into_bytes()).expect("a layout name"),
+                kind: Kind::File { size },
+                meta: meta(0o644),
+            },
+            &mut io::BufReader::with_capacity(1 << 20, f),
+        )?;
+    }
+    t.finish().map_err(|err| Error::io(&w.path, err))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,7 +107,7 @@ pub(crate) fn from_layer(from: i64, layers: usize) -> Result<usize> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImageSquashReport {
     /// The manifest that the ref now names.
-    pub manifest: crate::diff::ManifestDescriptor,
+    pub manifest: crate::image::ManifestDescriptor,
     /// The squashed layer, with its diffID.
     pub layer: Descriptor,
     /// The layers kept below it, as they were.
@@ -121,69 +121,70 @@ pub struct ImageSquashReport {
 pub fn squash_image(
     image: &crate::image::Image,
     from: i64,
-    target: &crate::diff::ImageTarget,
+    target: &crate::image::ImageTarget,
     opts: &SquashOptions,
-    meta: &crate::diff::ImageMeta,
+    meta: &crate::image::ImageMeta,
 ) -> Result<ImageSquashReport> {
-    use crate::image::write::{config_squashed, manifest_of, rfc3339, LayerDesc, LayoutWriter};
+    use crate::image::write::{config_squashed, manifest_of, rfc3339, write_to, LayerDesc};
     let keep = from_layer(from, image.layers.len())?;
-    let w = LayoutWriter::open(&target.dir)?;
-    for (input, d) in image.layers[..keep].iter().zip(&image.descs) {
-        if !d.digest.starts_with("sha256:") {
-            return Err(Error::Usage(format!(
-                "{}: a {} blob; layerkit writes sha256 layouts only",
-                input.label, d.digest
-            )));
+    write_to(target, |w, name| {
+        for (input, d) in image.layers[..keep].iter().zip(&image.descs) {
+            if !d.digest.starts_with("sha256:") {
+                return Err(Error::Usage(format!(
+                    "{}: a {} blob; layerkit writes sha256 layouts only",
+                    input.label, d.digest
+                )));
+            }
+            if !w.has(&d.digest) {
+                w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
+            }
         }
-        if !w.has(&d.digest) {
-            w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
-        }
-    }
-    let opts = SquashOptions {
-        flatten: keep == 0,
-        ..opts.clone()
-    };
-    let layer = w.put_with(|out| {
-        let (d, out) = squash(&image.layers[keep..], out, &opts)?;
-        let digest = d.digest.clone();
-        Ok((d, digest, out))
-    })?;
-    let desc = LayerDesc {
-        media_type: layer.media_type.clone(),
-        digest: layer.digest.clone(),
-        size: layer.size,
-        diff_id: layer.diff_id.clone(),
-    };
-    let created = rfc3339(meta.created.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    }));
-    let config = config_squashed(
-        &image.config_bytes,
-        keep,
-        &desc,
-        &created,
-        meta.message.as_deref(),
-    )?;
-    let (config_digest, config_size) = w.put_bytes(&config)?;
-    let mut layers = image.descs[..keep].to_vec();
-    layers.push(desc);
-    let manifest = manifest_of((&config_digest, config_size), &layers);
-    let (digest, size) = w.put_bytes(&manifest)?;
-    let m = crate::diff::ManifestDescriptor {
-        media_type: crate::image::spec::media::OCI_MANIFEST.to_string(),
-        digest,
-        size,
-    };
-    w.set_ref(
-        serde_json::json!({"mediaType": m.media_type, "digest": m.digest, "size": m.size}),
-        &target.name,
-    )?;
-    Ok(ImageSquashReport {
-        manifest: m,
-        layer,
-        kept: keep,
+        let opts = SquashOptions {
+            flatten: keep == 0,
+            ..opts.clone()
+        };
+        let layer = w.put_with(|out| {
+            let (d, out) = squash(&image.layers[keep..], out, &opts)?;
+            let digest = d.digest.clone();
+            Ok((d, digest, out))
+        })?;
+        let desc = LayerDesc {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            diff_id: layer.diff_id.clone(),
+        };
+        let created = rfc3339(meta.created.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        }));
+        let config = config_squashed(
+            &image.config_bytes,
+            keep,
+            &desc,
+            &created,
+            meta.message.as_deref(),
+        )?;
+        let (config_digest, config_size) = w.put_bytes(&config)?;
+        let mut layers = image.descs[..keep].to_vec();
+        layers.push(desc);
+        let manifest = manifest_of((&config_digest, config_size), &layers);
+        let (digest, size) = w.put_bytes(&manifest)?;
+        let m = crate::image::ManifestDescriptor {
+            media_type: crate::image::spec::media::OCI_MANIFEST.to_string(),
+            digest,
+            size,
+        };
+        w.set_ref(
+            serde_json::json!({"mediaType": m.media_type, "digest": m.digest, "size": m.size}),
+            name,
+        )?;
+        Ok(ImageSquashReport {
+            manifest: m,
+            layer,
+            kept: keep,
+        })
     })
 }
 

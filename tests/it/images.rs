@@ -752,3 +752,93 @@ fn squash_of_an_image_keeps_the_lower_blobs_and_what_the_image_shows() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("layer does not match its diffID"), "{err}");
 }
+
+#[test]
+fn image_archives_written_are_read_by_skopeo_and_are_reproducible() {
+    if !need_root("layerdiff reads trusted.overlay.* markers") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
+    let base_ref = format!("oci:{}:t", base.display());
+    let upper = root.join("upper");
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    sh(&upper, "echo hello > etc/greeting");
+    let diff_to = |out: &str| {
+        succeeded_cmd(
+            layerdiff()
+                .arg(&upper)
+                .args(["-o", out, "--base", &base_ref])
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+    };
+    let oa = root.join("img.oci.tar");
+    let oa2 = root.join("img2.oci.tar");
+    let da = root.join("img.docker.tar");
+    let da2 = root.join("img2.docker.tar");
+    diff_to(&format!("oci-archive:{}:v1", oa.display()));
+    diff_to(&format!("oci-archive:{}:v1", oa2.display()));
+    diff_to(&format!("docker-archive:{}:lk/up:v1", da.display()));
+    diff_to(&format!("docker-archive:{}:lk/up:v1", da2.display()));
+    assert_eq!(
+        sha256_file(&oa),
+        sha256_file(&oa2),
+        "oci-archive: byte-identical"
+    );
+    assert_eq!(
+        sha256_file(&da),
+        sha256_file(&da2),
+        "docker-archive: byte-identical"
+    );
+    // Nothing left beside them but the archives.
+    let mut left: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "temporary names left: {left:?}");
+    // skopeo reads both (copying checks every digest); umoci and layerkit agree on the tree.
+    for (src, name) in [
+        (format!("oci-archive:{}:v1", oa.display()), "o"),
+        (format!("docker-archive:{}:lk/up:v1", da.display()), "d"),
+    ] {
+        let copy = root.join(format!("copy-{name}"));
+        run(Command::new("skopeo")
+            .args(["copy", "-q", &src])
+            .arg(format!("oci:{}:c", copy.display())));
+        assert_eq!(
+            skopeo_inspect(&src)["Layers"].as_array().unwrap().len(),
+            4,
+            "{src}"
+        );
+        let want = umoci_view(root, &copy, "c");
+        let rootfs = root.join(format!("rootfs-{name}"));
+        succeeded_cmd(layerapply().arg("--rootfs").arg(&rootfs).arg(&src));
+        assert_same(
+            &want,
+            &dump(&rootfs, &[]),
+            &format!("{src}: umoci vs --rootfs"),
+        );
+        assert_eq!(
+            std::fs::read(rootfs.join("etc/greeting")).unwrap(),
+            b"hello\n"
+        );
+    }
+    // squash writes archives too.
+    let sq = root.join("sq.oci.tar");
+    succeeded_cmd(
+        Command::new(env!("CARGO_BIN_EXE_layerkit"))
+            .args(["squash", &base_ref, "--from", "-2", "-o"])
+            .arg(format!("oci-archive:{}:s", sq.display())),
+    );
+    assert_eq!(
+        skopeo_inspect(&format!("oci-archive:{}:s", sq.display()))["Layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
