@@ -493,6 +493,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn squashed_history_pairs_with_the_layers() {
+        let base = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:a","sha256:b","sha256:c"]},
+            "history":[{"created_by":"l0"},{"created_by":"env","empty_layer":true},
+                       {"created_by":"l1"},{"created_by":"cmd","empty_layer":true},{"created_by":"l2"}]}"#;
+        let layer = LayerDesc {
+            media_type: String::new(),
+            digest: String::new(),
+            size: 0,
+            diff_id: "sha256:n".into(),
+        };
+        let v: Value =
+            serde_json::from_slice(&config_squashed(base, 1, &layer, "T", Some("m")).unwrap())
+                .unwrap();
+        assert_eq!(v["rootfs"]["diff_ids"], json!(["sha256:a", "sha256:n"]));
+        let by: Vec<&str> = v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["created_by"].as_str().unwrap())
+            .collect();
+        // Layer 0's entry and the empty one after it stay; the squashed ones go.
+        assert_eq!(by, ["l0", "env", "layerkit squash"]);
+        assert_eq!(v["history"][2]["comment"], "m");
+        assert_eq!(v["created"], "T");
+        let flat: Value =
+            serde_json::from_slice(&config_squashed(base, 0, &layer, "T", None).unwrap()).unwrap();
+        assert_eq!(flat["history"].as_array().unwrap().len(), 1);
+        assert_eq!(flat["rootfs"]["diff_ids"], json!(["sha256:n"]));
+    }
+
+    #[test]
     fn created_times_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
