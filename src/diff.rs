@@ -20,8 +20,7 @@ use crate::entry::Sink;
 use crate::error::{Error, Outcomes, Result};
 use crate::image::spec::media::OCI_MANIFEST;
 use crate::image::write::{
-    config_with, manifest_of, rfc3339, write_to, ImageMeta, ImageTarget, LayerDesc,
-    ManifestDescriptor,
+    config_with, manifest_of, write_to, ImageMeta, ImageTarget, LayerDesc, ManifestDescriptor,
 };
 use crate::image::Image;
 use crate::output::{stop_if_pipe, to_file, write_blob, BlobOptions};
@@ -180,17 +179,7 @@ pub fn diff_to_image(
 ) -> Result<ImageDiffReport> {
     write_to(target, |w, name| {
         if let Some(b) = base {
-            for (input, d) in b.layers.iter().zip(&b.descs) {
-                if !d.digest.starts_with("sha256:") {
-                    return Err(Error::Usage(format!(
-                        "{}: a {} blob; layerkit writes sha256 layouts only",
-                        input.label, d.digest
-                    )));
-                }
-                if !w.has(&d.digest) {
-                    w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
-                }
-            }
+            w.copy_layers(b, b.layers.len())?;
         }
         let report = w.put_with(|out| {
             let (r, out) = diff(upper, out, opts)?;
@@ -203,11 +192,7 @@ pub fn diff_to_image(
             size: report.descriptor.size,
             diff_id: report.descriptor.diff_id.clone(),
         };
-        let created = rfc3339(meta.created.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        }));
+        let created = meta.created_rfc3339();
         let config = config_with(
             base.map(|b| b.config_bytes.as_slice()),
             &layer,

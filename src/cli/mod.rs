@@ -133,23 +133,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
     let compression = compression(a.compression, a.level, a.output.as_deref())?;
     check_stdout(to_stdout, a.json)?;
-    let opts = DiffOptions {
-        walk: WalkOptions {
-            ns: if a.userxattr {
-                Namespace::User
-            } else {
-                Namespace::Trusted
-            },
-            lowers: a.lowers,
-        },
-        compression,
-        level: a.level,
-        jobs: a.jobs.unwrap_or(0),
-        write: WriteOptions {
-            clamp_mtime: a.source_date_epoch,
-            subsecond: false,
-        },
-    };
+    let opts = diff_options(&a, compression);
     let report: DiffReport = if to_stdout {
         let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
         diff(&a.upper, out, &opts)?.0
@@ -228,22 +212,8 @@ fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
     Ok(())
 }
 
-/// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
-fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
-    let base = match &a.base {
-        Some(b) => {
-            let r = ImageRef::parse(b).ok_or_else(|| {
-                Error::Usage(format!(
-                    "--base {b}: an image (oci:, oci-archive:, docker-archive:)"
-                ))
-            })?;
-            Some(crate::image::open(&r, &PlatformChoice::host())?)
-        }
-        None => None,
-    };
-    let compression = a.compression.unwrap_or(Compression::Gzip);
-    compression.level(a.level).map_err(Error::Usage)?;
-    let opts = DiffOptions {
+fn diff_options(a: &DiffArgs, compression: Compression) -> DiffOptions {
+    DiffOptions {
         walk: WalkOptions {
             ns: if a.userxattr {
                 Namespace::User
@@ -259,7 +229,25 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
             clamp_mtime: a.source_date_epoch,
             subsecond: false,
         },
+    }
+}
+
+/// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
+fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
+    let base = match &a.base {
+        Some(b) => {
+            let r = ImageRef::parse(b).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--base {b}: an image (oci:, oci-archive:, docker-archive:)"
+                ))
+            })?;
+            Some(crate::image::open(&r, &PlatformChoice::host())?)
+        }
+        None => None,
     };
+    let compression = a.compression.unwrap_or(Compression::Gzip);
+    compression.level(a.level).map_err(Error::Usage)?;
+    let opts = diff_options(a, compression);
     let meta = ImageMeta {
         created: a.source_date_epoch,
         message: a.message.clone(),

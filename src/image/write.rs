@@ -130,6 +130,23 @@ impl LayoutWriter {
         })
     }
 
+    /// The blobs of `image`'s first `n` layers, copied as they are (verified as they are copied)
+    /// where the layout lacks them.
+    pub(crate) fn copy_layers(&self, image: &super::Image, n: usize) -> Result<()> {
+        for (input, d) in image.layers[..n].iter().zip(&image.descs) {
+            if !d.digest.starts_with("sha256:") {
+                return Err(Error::Usage(format!(
+                    "{}: a {} blob; layerkit writes sha256 layouts only",
+                    input.label, d.digest
+                )));
+            }
+            if !self.has(&d.digest) {
+                self.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the layout has the blob `digest` (sha256).
     pub(crate) fn has(&self, digest: &str) -> bool {
         digest
@@ -336,6 +353,17 @@ pub struct ImageMeta {
     pub created: Option<i64>,
     /// The history entry's comment.
     pub message: Option<String>,
+}
+
+impl ImageMeta {
+    /// `created` as the image-spec writes it: the given time, else now.
+    pub(crate) fn created_rfc3339(&self) -> String {
+        rfc3339(self.created.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        }))
+    }
 }
 
 /// An image manifest's descriptor.

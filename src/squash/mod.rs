@@ -125,20 +125,10 @@ pub fn squash_image(
     opts: &SquashOptions,
     meta: &crate::image::ImageMeta,
 ) -> Result<ImageSquashReport> {
-    use crate::image::write::{config_squashed, manifest_of, rfc3339, write_to, LayerDesc};
+    use crate::image::write::{config_squashed, manifest_of, write_to, LayerDesc};
     let keep = from_layer(from, image.layers.len())?;
     write_to(target, |w, name| {
-        for (input, d) in image.layers[..keep].iter().zip(&image.descs) {
-            if !d.digest.starts_with("sha256:") {
-                return Err(Error::Usage(format!(
-                    "{}: a {} blob; layerkit writes sha256 layouts only",
-                    input.label, d.digest
-                )));
-            }
-            if !w.has(&d.digest) {
-                w.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
-            }
-        }
+        w.copy_layers(image, keep)?;
         let opts = SquashOptions {
             flatten: keep == 0,
             ..opts.clone()
@@ -154,11 +144,7 @@ pub fn squash_image(
             size: layer.size,
             diff_id: layer.diff_id.clone(),
         };
-        let created = rfc3339(meta.created.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        }));
+        let created = meta.created_rfc3339();
         let config = config_squashed(
             &image.config_bytes,
             keep,

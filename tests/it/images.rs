@@ -42,6 +42,24 @@ fn layer_tars(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The layout `layout` (tag `t`) as an oci-archive (GNU tar) and a docker-archive (skopeo,
+/// tagged `lk/img:v1`): `(oci-archive, docker-archive)`.
+fn archives_of(root: &Path, layout: &Path) -> (PathBuf, PathBuf) {
+    let archive = root.join("img.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    let saved = root.join("saved.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker-archive:{}:lk/img:v1", saved.display())));
+    (archive, saved)
+}
+
 /// `make_image.py OUT SPEC` with `layers` compressed as `compress` (one per layer).
 fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str) -> PathBuf {
     let ls: Vec<String> = layers
@@ -80,6 +98,15 @@ fn succeeded_cmd(cmd: &mut Command) -> std::process::Output {
 
 fn run_unchecked(cmd: &mut Command) -> std::process::Output {
     cmd.output().unwrap()
+}
+
+/// Run `cmd`, which must fail as a refused input does: exit 1, one line on stderr (returned).
+fn failure(cmd: &mut Command) -> String {
+    let out = run_unchecked(cmd);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{cmd:?}: one line: {err}");
+    err
 }
 
 fn ids(report: &serde_json::Value) -> Vec<String> {
@@ -150,18 +177,7 @@ fn every_image_form_gives_the_store_umoci_shows() {
         &["zstd", "gzip", "none"],
         r#", "docker": true"#,
     );
-    let archive = root.join("img.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&good)
-        .arg("-cf")
-        .arg(&archive)
-        .arg("."));
-    let saved = root.join("saved.tar");
-    run(Command::new("skopeo")
-        .args(["copy", "-q"])
-        .arg(format!("oci:{}:t", good.display()))
-        .arg(format!("docker-archive:{}:lk/img:v1", saved.display())));
+    let (archive, saved) = archives_of(root, &good);
     let refs = [
         format!("oci:{}:t", good.display()),
         format!("oci:{}", good.display()),
@@ -283,14 +299,12 @@ fn every_verification_failure_is_one_line_and_commits_nothing_of_the_bad_layer()
             &format!(r#", "tamper": {tamper}"#),
         );
         let store = root.join(format!("s{i}"));
-        let out = run_unchecked(
+        let err = failure(
             layerapply()
                 .arg("--store")
                 .arg(&store)
                 .arg(format!("oci:{}:t", img.display())),
         );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{tamper}: {err}");
         assert_eq!(err.lines().count(), 1, "{tamper}: one line: {err}");
         assert!(err.contains(says), "{tamper}: {err}");
         assert!(
@@ -311,14 +325,12 @@ fn every_verification_failure_is_one_line_and_commits_nothing_of_the_bad_layer()
         }
         // --rootfs verifies as it reads too, and leaves nothing.
         let rootfs = root.join(format!("rootfs{i}"));
-        let out = run_unchecked(
+        let err = failure(
             layerapply()
                 .arg("--rootfs")
                 .arg(&rootfs)
                 .arg(format!("oci:{}:t", img.display())),
         );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "--rootfs {tamper}: {err}");
         assert!(err.contains(says), "--rootfs {tamper}: {err}");
         assert!(!rootfs.exists(), "--rootfs {tamper}: no tree left");
         let staging = store.join(".layerkit/staging");
@@ -363,7 +375,7 @@ fn platforms_and_refs_are_chosen_or_listed() {
         &r,
     ]);
     assert_eq!(arch_of(&arm), "arm64");
-    let out = run_unchecked(
+    let err = failure(
         layerapply()
             .args([
                 "--store",
@@ -373,8 +385,6 @@ fn platforms_and_refs_are_chosen_or_listed() {
             ])
             .arg(&r),
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("linux/arm64/v8") && err.contains("linux/amd64"),
         "{err}"
@@ -386,13 +396,11 @@ fn platforms_and_refs_are_chosen_or_listed() {
         &["none"],
         r#", "refs": ["a", "b"]"#,
     );
-    let out = run_unchecked(
+    let err = failure(
         layerapply()
             .args(["--store", root.join("s4").to_str().unwrap()])
             .arg(format!("oci:{}", two.display())),
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a, b"), "lists the refs: {err}");
     layerapply_json(&[
         "--store",
@@ -420,18 +428,7 @@ fn an_image_given_as_a_layer_is_refused_with_the_right_prefix() {
     let root = t.path();
     let tars = layer_tars(root);
     let layout = make_image(&root.join("img"), &tars, &["gzip", "none", "none"], "");
-    let archive = root.join("img.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg("."));
-    let saved = root.join("saved.tar");
-    run(Command::new("skopeo")
-        .args(["copy", "-q"])
-        .arg(format!("oci:{}:t", layout.display()))
-        .arg(format!("docker-archive:{}:lk/img:v1", saved.display())));
+    let (archive, saved) = archives_of(root, &layout);
     for (what, prefix) in [
         (&layout, "oci:"),
         (&archive, "oci-archive:"),
