@@ -76,6 +76,9 @@ pub struct DiffArgs {
     /// With `-o oci:DIR[:REF]`: the new layer's history comment.
     #[arg(long, value_name = "M")]
     pub message: Option<String>,
+    /// In a multi-platform --base, the platform to take (default: this host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
 }
 
 /// `layerapply`: OCI layer tars become overlay-native layer dirs.
@@ -163,6 +166,9 @@ pub struct SquashArgs {
     /// With an image output: the squashed layer's history comment.
     #[arg(long, value_name = "M")]
     pub message: Option<String>,
+    /// In a multi-platform image, the platform to take (default: this host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
     /// With an image output: its `created`, seconds since the epoch (also read from SOURCE_DATE_EPOCH).
     #[arg(long, value_name = "N", env = "SOURCE_DATE_EPOCH")]
     pub source_date_epoch: Option<i64>,

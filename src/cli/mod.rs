@@ -125,9 +125,9 @@ fn run_diff(a: DiffArgs) -> Result<()> {
     {
         return run_diff_image(&a, target);
     }
-    if a.base.is_some() || a.message.is_some() {
+    if a.base.is_some() || a.message.is_some() || a.platform.is_some() {
         return Err(Error::Usage(
-            "--base and --message go with an image output (-o oci:DIR[:REF])".into(),
+            "--base, --message and --platform go with an image output (-o oci:DIR[:REF])".into(),
         ));
     }
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
@@ -153,7 +153,7 @@ fn run_diff(a: DiffArgs) -> Result<()> {
 
 /// `layerkit squash IMAGE -o (oci:DIR[:REF] | FILE) [--from N] [--message M]`.
 fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
-    let image = crate::image::open(&image, &PlatformChoice::host())?;
+    let image = crate::image::open(&image, &platform(a.platform.as_deref())?)?;
     let keep = crate::squash::from_layer(a.from, image.layers.len())?;
     let out = a.output.to_str().and_then(ImageRef::parse);
     // The new layer is compressed as the image's top layer was, unless -c says otherwise.
@@ -241,7 +241,7 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
                     "--base {b}: an image (oci:, oci-archive:, docker-archive:)"
                 ))
             })?;
-            Some(crate::image::open(&r, &PlatformChoice::host())?)
+            Some(crate::image::open(&r, &platform(a.platform.as_deref())?)?)
         }
         None => None,
     };
@@ -287,9 +287,10 @@ fn run_squash(a: SquashArgs) -> Result<()> {
     if let Some(image) = image_arg(&a.layers)? {
         return run_squash_image(&a, image);
     }
-    if a.from != 0 || a.message.is_some() {
+    if a.from != 0 || a.message.is_some() || a.platform.is_some() {
         return Err(Error::Usage(
-            "--from and --message go with an image (layerkit squash IMAGE -o ...)".into(),
+            "--from, --message and --platform go with an image (layerkit squash IMAGE -o ...)"
+                .into(),
         ));
     }
     let to_stdout = a.output == Path::new("-");
@@ -332,12 +333,7 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
         skip_digests: !a.json,
     };
     if let Some(image) = image_arg(&a.layers)? {
-        let platform = match &a.platform {
-            Some(p) => PlatformChoice::parse(p).ok_or_else(|| {
-                Error::Usage(format!("--platform {p}: expected OS/ARCH[/VARIANT]"))
-            })?,
-            None => PlatformChoice::host(),
-        };
+        let platform = platform(a.platform.as_deref())?;
         if a.into.is_some() {
             return Err(Error::Usage(
                 "an image is unpacked with --store DIR or --rootfs DIR (--into takes one layer file)"
@@ -385,6 +381,15 @@ fn print_rootfs(report: &RootfsReport, json: bool) -> Result<()> {
         writeln!(io::stdout().lock(), "{text}").map_err(Error::output)?;
     }
     Ok(())
+}
+
+/// `--platform OS/ARCH[/VARIANT]`, or this host's.
+fn platform(arg: Option<&str>) -> Result<PlatformChoice> {
+    match arg {
+        Some(p) => PlatformChoice::parse(p)
+            .ok_or_else(|| Error::Usage(format!("--platform {p}: expected OS/ARCH[/VARIANT]"))),
+        None => Ok(PlatformChoice::host()),
+    }
 }
 
 /// An image reference among the layer arguments: it must be the only one.

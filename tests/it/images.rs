@@ -390,6 +390,27 @@ fn platforms_and_refs_are_chosen_or_listed() {
         "{err}"
     );
 
+    // squash and layerdiff --base choose the same way.
+    let sq = root.join("sq");
+    succeeded_cmd(
+        Command::new(env!("CARGO_BIN_EXE_layerkit"))
+            .args(["squash", &r, "--platform", "linux/arm64", "-o"])
+            .arg(format!("oci:{}:s", sq.display())),
+    );
+    let upper = root.join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::write(upper.join("f"), b"f").unwrap();
+    let dd = root.join("dd");
+    succeeded_cmd(
+        layerdiff()
+            .arg(&upper)
+            .args(["--base", &r, "--platform", "linux/arm64", "-o"])
+            .arg(format!("oci:{}:d", dd.display())),
+    );
+    for (layout, name) in [(&sq, "s"), (&dd, "d")] {
+        let cfg = config_of(layout, name);
+        assert_eq!(cfg["architecture"], "arm64", "{}", layout.display());
+    }
     let two = make_image(
         &root.join("two"),
         &tars[..1],
