@@ -106,7 +106,15 @@ impl Files {
 
     /// `name`'s size in bytes.
     pub(crate) fn size(&self, name: &str) -> Result<u64> {
-        Ok(self.open_member(&clean(name)?)?.1)
+        let name = clean(name)?;
+        match self {
+            // From the index: no need to open the archive.
+            Files::Tar { members, .. } => members
+                .get(&name)
+                .map(|&(_, len)| len)
+                .ok_or_else(|| missing(self, &name)),
+            Files::Dir(_) => Ok(self.open_member(&name)?.1),
+        }
     }
 
     /// Where `name`'s bytes are, for the layer pipeline (read once, verified as they stream).

@@ -60,6 +60,15 @@ fn archives_of(root: &Path, layout: &Path) -> (PathBuf, PathBuf) {
     (archive, saved)
 }
 
+/// The three test layers as an image `base` (tag `t`, gzip and plain layers, which umoci 0.4
+/// reads): `(layer tars, layout, "oci:LAYOUT:t")`.
+fn base_image(root: &Path) -> (Vec<PathBuf>, PathBuf, String) {
+    let tars = layer_tars(root);
+    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
+    let base_ref = format!("oci:{}:t", base.display());
+    (tars, base, base_ref)
+}
+
 /// `make_image.py OUT SPEC` with `layers` compressed as `compress` (one per layer).
 fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str) -> PathBuf {
     let ls: Vec<String> = layers
@@ -562,8 +571,7 @@ fn layerdiff_writes_an_image_that_skopeo_and_umoci_read() {
     }
     let t = scratch();
     let root = t.path();
-    let tars = layer_tars(root);
-    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
+    let (_, base, base_ref) = base_image(root);
     let upper = root.join("upper");
     std::fs::create_dir_all(upper.join("etc")).unwrap();
     sh(
@@ -580,7 +588,6 @@ fn layerdiff_writes_an_image_that_skopeo_and_umoci_read() {
         );
         serde_json::from_slice(&o.stdout).unwrap()
     };
-    let base_ref = format!("oci:{}:t", base.display());
     let out = root.join("out");
     let r = diff_to(
         &format!("oci:{}:v1", out.display()),
@@ -673,9 +680,7 @@ fn squash_of_an_image_keeps_the_lower_blobs_and_what_the_image_shows() {
     }
     let t = scratch();
     let root = t.path();
-    let tars = layer_tars(root);
-    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
-    let base_ref = format!("oci:{}:t", base.display());
+    let (tars, base, base_ref) = base_image(root);
     let want = umoci_view(root, &base, "t");
     let base_layers = skopeo_inspect(&base_ref)["Layers"].clone();
     let squash_to = |out: &str, extra: &[&str]| -> serde_json::Value {
@@ -778,9 +783,7 @@ fn image_archives_written_are_read_by_skopeo_and_are_reproducible() {
     }
     let t = scratch();
     let root = t.path();
-    let tars = layer_tars(root);
-    let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
-    let base_ref = format!("oci:{}:t", base.display());
+    let (_, _, base_ref) = base_image(root);
     let upper = root.join("upper");
     std::fs::create_dir_all(upper.join("etc")).unwrap();
     sh(&upper, "echo hello > etc/greeting");
