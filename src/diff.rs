@@ -178,9 +178,10 @@ pub fn diff_to_image(
     meta: &ImageMeta,
 ) -> Result<ImageDiffReport> {
     write_to(target, |w, name| {
-        if let Some(b) = base {
-            w.copy_layers(b, b.layers.len())?;
-        }
+        let base_descs = match base {
+            Some(b) => w.copy_layers(b, b.layers.len())?,
+            None => Vec::new(),
+        };
         let report = w.put_with(|out| {
             let (r, out) = diff(upper, out, opts)?;
             let digest = r.descriptor.digest.clone();
@@ -201,7 +202,7 @@ pub fn diff_to_image(
             meta.message.as_deref(),
         )?;
         let (config_digest, config_size) = w.put_bytes(&config)?;
-        let mut layers = base.map(|b| b.descs.clone()).unwrap_or_default();
+        let mut layers = base_descs;
         layers.push(layer);
         let manifest = manifest_of((&config_digest, config_size), &layers);
         let (digest, size) = w.put_bytes(&manifest)?;

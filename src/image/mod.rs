@@ -550,23 +550,32 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
             .strip_prefix("blobs/sha256/")
             .and_then(|h| Digest::parse(&format!("sha256:{h}")))
             .map(|d| d.to_string());
-        let source = files.source(l)?;
-        // `docker save` layers are plain tars: the blob is the diff.
-        descs.push(write::LayerDesc {
-            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-            digest: id.clone(),
-            size: files.size(l)?,
-            diff_id: id.clone(),
-        });
-        layers.push(Input::blob(
+        let input = Input::blob(
             format!("{label}: layer {i} ({l})"),
-            source,
+            files.source(l)?,
             Expect {
-                blob,
+                blob: blob.clone(),
                 size: None,
                 diff_id: Some(id.clone()),
             },
-        ));
+        );
+        // `docker save` writes plain tars (the blob is the diff), but loaders take compressed
+        // layers too: the first bytes say which. A compressed blob that the archive names only by
+        // path gets its digest when a new image copies it.
+        let mut head = [0u8; 4];
+        let n =
+            read_head(&mut *input.open()?, &mut head).map_err(|e| Error::io(&input.label, e))?;
+        let c = crate::compress::Compression::sniff(&head[..n]);
+        descs.push(write::LayerDesc {
+            media_type: c.media_type().into(),
+            digest: match c {
+                crate::compress::Compression::None => id.clone(),
+                _ => blob.unwrap_or_default(),
+            },
+            size: files.size(l)?,
+            diff_id: id.clone(),
+        });
+        layers.push(input);
     }
     Ok(Image {
         label: label.to_string(),
@@ -602,4 +611,18 @@ mod tests {
         assert!(PlatformChoice::parse("linux//").is_none());
         assert!(PlatformChoice::parse("a/b/c/d").is_none());
     }
+}
+
+/// Up to `buf.len()` bytes from the start of `r`.
+fn read_head(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

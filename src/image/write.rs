@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -99,13 +100,15 @@ impl LayoutWriter {
         Ok((digest, bytes.len() as u64))
     }
 
-    /// A blob copied from `src` (another image's), checked against `digest` as it is copied.
-    pub(crate) fn copy_blob(&self, src: &mut dyn Read, digest: &str, label: &str) -> Result<()> {
-        if self.has(digest) {
-            return Ok(());
-        }
+    /// A blob copied from `src` (another image's), checked as it is copied against `expect` (its
+    /// descriptor's digest, sha256 or sha512) when one is known; returns its sha256 digest, under
+    /// which it is stored.
+    fn copy_blob(&self, src: &mut dyn Read, expect: Option<&str>, label: &str) -> Result<String> {
         self.put_with(|mut w| {
             let mut h = Sha256::new();
+            let mut h512 = expect
+                .is_some_and(|d| d.starts_with("sha512:"))
+                .then(sha2::Sha512::new);
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = match src.read(&mut buf) {
@@ -115,36 +118,43 @@ impl LayoutWriter {
                     Err(e) => return Err(Error::io(label, e)),
                 };
                 h.update(&buf[..n]);
+                if let Some(h) = &mut h512 {
+                    h.update(&buf[..n]);
+                }
                 w.write_all(&buf[..n])
                     .map_err(|e| Error::io(self.path.join("blobs/sha256"), e))?;
             }
-            let got = format!("sha256:{}", hex::encode(h.finalize()));
-            if got != digest {
+            let sha256 = format!("sha256:{}", hex::encode(h.finalize()));
+            let got = match h512 {
+                Some(h) => format!("sha512:{}", hex::encode(h.finalize())),
+                None => sha256.clone(),
+            };
+            if let Some(want) = expect.filter(|&want| want != got) {
                 return Err(Error::rejected(
                     label,
                     Rule::BlobDigest,
-                    format!("digest {got}, its descriptor says {digest}"),
+                    format!("digest {got}, its descriptor says {want}"),
                 ));
             }
-            Ok(((), got, w))
+            Ok((sha256.clone(), sha256, w))
         })
     }
 
     /// The blobs of `image`'s first `n` layers, copied as they are (verified as they are copied)
-    /// where the layout lacks them.
-    pub(crate) fn copy_layers(&self, image: &super::Image, n: usize) -> Result<()> {
+    /// where the layout lacks them; returns their descriptors here. The bytes are the same; only a
+    /// sha512 digest becomes the sha256 of the same blob (this writer's layouts are sha256), and a
+    /// classic docker-archive's compressed layer, whose digest nothing names, gets one.
+    pub(crate) fn copy_layers(&self, image: &super::Image, n: usize) -> Result<Vec<LayerDesc>> {
+        let mut descs = Vec::with_capacity(n);
         for (input, d) in image.layers[..n].iter().zip(&image.descs) {
-            if !d.digest.starts_with("sha256:") {
-                return Err(Error::Usage(format!(
-                    "{}: a {} blob; layerkit writes sha256 layouts only",
-                    input.label, d.digest
-                )));
+            let mut d = d.clone();
+            if !(d.digest.starts_with("sha256:") && self.has(&d.digest)) {
+                let known = (!d.digest.is_empty()).then_some(d.digest.as_str());
+                d.digest = self.copy_blob(&mut input.open()?, known, &input.label)?;
             }
-            if !self.has(&d.digest) {
-                self.copy_blob(&mut input.open()?, &d.digest, &input.label)?;
-            }
+            descs.push(d);
         }
-        Ok(())
+        Ok(descs)
     }
 
     /// Whether the layout has the blob `digest` (sha256).
@@ -335,8 +345,10 @@ pub enum ImageTarget {
         /// The ref name.
         name: String,
     },
-    /// `docker-archive:FILE[:NAME:TAG]`: what `docker load` / `podman load` read (Docker 25+'s
-    /// form: `manifest.json` beside an OCI layout), written atomically.
+    /// `docker-archive:FILE[:NAME:TAG]`: what `docker load` / `podman load` read, written
+    /// atomically. The classic form (`manifest.json` naming blobs), without Docker 25's
+    /// `index.json`: podman tries an archive as an OCI layout first and would then take the image's
+    /// name from the ref annotation instead of `RepoTags`.
     DockerArchive {
         /// The archive.
         file: PathBuf,
@@ -385,7 +397,10 @@ pub(crate) fn write_to<T>(
     build: impl FnOnce(&LayoutWriter, &str) -> Result<T>,
 ) -> Result<T> {
     let (file, name, tag) = match target {
-        ImageTarget::Layout { dir, name } => return build(&LayoutWriter::open(dir)?, name),
+        ImageTarget::Layout { dir, name } if is_layout(dir)? => {
+            return build(&LayoutWriter::open(dir)?, name)
+        }
+        ImageTarget::Layout { dir, name } => (dir, name.as_str(), None),
         ImageTarget::OciArchive { file, name } => (file, name.as_str(), None),
         ImageTarget::DockerArchive { file, tag } => (file, "latest", Some(tag.as_deref())),
     };
@@ -393,19 +408,43 @@ pub(crate) fn write_to<T>(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let final_name = file
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a file name", file.display())))?
+        .as_bytes();
+    sys::mkdir_p(&parent, 0o755).map_err(|e| Error::io(&parent, e))?;
     let pfd = Arc::new(sys::open_dir(&parent).map_err(|e| Error::io(&parent, e))?);
     let (tmp, _fd) =
-        staging::directory(pfd, b"layout", 0o700).map_err(|e| Error::io(&parent, e))?;
+        staging::directory(pfd, final_name, 0o755).map_err(|e| Error::io(&parent, e))?;
     let dir = parent.join(String::from_utf8_lossy(tmp.name()).as_ref());
     let w = LayoutWriter::open(&dir)?;
     let t = build(&w, name)?;
+    if let ImageTarget::Layout { .. } = target {
+        // A new layout appears whole or not at all (a rename may replace an empty directory).
+        drop(w);
+        tmp.publish(final_name).map_err(|e| Error::io(file, e))?;
+        return Ok(t);
+    }
     crate::output::to_file(file, |out| Ok(((), archive(&w, name, tag, out)?)))?;
     drop(tmp);
     Ok(t)
 }
 
+/// Whether `dir` is a layout already (written in place) rather than missing or empty (built
+/// beside it and renamed into place). Anything else is refused by [`LayoutWriter::open`].
+fn is_layout(dir: &Path) -> Result<bool> {
+    match sys::open_dir(dir) {
+        Ok(fd) => {
+            let names = sys::read_dir_names(&fd).map_err(|e| Error::io(dir, e))?;
+            Ok(!names.is_empty())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
 /// Write the layout as a tar into `out`, deterministically: fixed times and owners, sorted names.
-/// With `docker`, a `manifest.json` for `docker load` comes first.
+/// With `docker`, a `manifest.json` for `docker load` takes the place of `oci-layout` and `index.json`.
 fn archive<W: Write>(
     w: &LayoutWriter,
     name: &str,
@@ -477,9 +516,10 @@ fn archive<W: Write>(
             "manifest.json",
             &serde_json::to_vec(&saved).expect("serialisable"),
         )?;
+    } else {
+        file(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        file(&mut t, "index.json", &index)?;
     }
-    file(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    file(&mut t, "index.json", &index)?;
     for dir in ["blobs", "blobs/sha256"] {
         t.put(
             &Entry {

@@ -128,7 +128,7 @@ pub fn squash_image(
     use crate::image::write::{config_squashed, manifest_of, write_to, LayerDesc};
     let keep = from_layer(from, image.layers.len())?;
     write_to(target, |w, name| {
-        w.copy_layers(image, keep)?;
+        let kept = w.copy_layers(image, keep)?;
         let opts = SquashOptions {
             flatten: keep == 0,
             ..opts.clone()
@@ -153,7 +153,7 @@ pub fn squash_image(
             meta.message.as_deref(),
         )?;
         let (config_digest, config_size) = w.put_bytes(&config)?;
-        let mut layers = image.descs[..keep].to_vec();
+        let mut layers = kept;
         layers.push(desc);
         let manifest = manifest_of((&config_digest, config_size), &layers);
         let (digest, size) = w.put_bytes(&manifest)?;

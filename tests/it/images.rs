@@ -545,6 +545,11 @@ fn skopeo_inspect(r: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+fn skopeo_inspect_config(r: &str) -> serde_json::Value {
+    let out = succeeded_cmd(Command::new("skopeo").args(["inspect", "--config", r]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn config_of(layout: &Path, name: &str) -> serde_json::Value {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -848,6 +853,39 @@ fn image_archives_written_are_read_by_skopeo_and_are_reproducible() {
             b"hello\n"
         );
     }
+    // podman loads both into a private storage root, under the names they carry, with our
+    // config (its image id) and diffIDs.
+    // (podman wants a runroot path under 50 bytes.)
+    let storage = tempfile::Builder::new()
+        .prefix("lk-podman")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(storage.path().join("root"))
+            .arg("--runroot")
+            .arg(storage.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    };
+    for (archive, named) in [(&da, "localhost/lk/up:v1"), (&oa, "localhost/v1:latest")] {
+        let o = succeeded_cmd(podman().arg("load").arg("-i").arg(archive));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.contains(named), "{}: {said}", archive.display());
+        let o = succeeded_cmd(podman().args(["image", "inspect", named]));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let src = if archive == &da {
+            format!("docker-archive:{}:lk/up:v1", da.display())
+        } else {
+            format!("oci-archive:{}:v1", oa.display())
+        };
+        let ours = skopeo_inspect_config(&src);
+        assert_eq!(
+            got[0]["RootFS"]["Layers"], ours["rootfs"]["diff_ids"],
+            "{named}: diffIDs"
+        );
+    }
     // squash writes archives too.
     let sq = root.join("sq.oci.tar");
     succeeded_cmd(
@@ -862,4 +900,162 @@ fn image_archives_written_are_read_by_skopeo_and_are_reproducible() {
             .len(),
         2
     );
+}
+
+#[test]
+fn bases_of_every_form_are_extended_with_their_blobs_as_they_are() {
+    if !need_root("layerdiff reads trusted.overlay.* markers") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    // A sha512 layout, and a classic `docker save` tar whose layers are gzip blobs named by path
+    // only (docker and podman load such layers; nothing names their digest).
+    let sha512 = make_image(
+        &root.join("sha512"),
+        &tars,
+        &["gzip/sha512", "none/sha512", "gzip/sha512"],
+        "",
+    );
+    let classic = root.join("classic.tar");
+    make_image(
+        &root.join("for-classic"),
+        &tars,
+        &["gzip", "none", "gzip"],
+        &format!(r#", "docker_archive": "{}""#, classic.display()),
+    );
+    let upper = root.join("upper");
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    sh(&upper, "echo hello > etc/greeting");
+    let blob_bytes = |layout: &Path, d: &str| {
+        let (alg, hex) = d.split_once(':').unwrap();
+        std::fs::read(layout.join("blobs").join(alg).join(hex)).unwrap()
+    };
+    for (i, base) in [
+        format!("oci:{}:t", sha512.display()),
+        format!("docker-archive:{}", classic.display()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = root.join(format!("out{i}"));
+        let new = format!("oci:{}:v1", out.display());
+        succeeded_cmd(layerdiff().arg(&upper).args(["-o", &new, "--base", base]));
+        // Squash of the same base keeps the bottom two the same way.
+        let sq = format!("oci:{}:sq", out.display());
+        succeeded_cmd(
+            Command::new(env!("CARGO_BIN_EXE_layerkit"))
+                .args(["squash", base, "--from", "-1", "-o", &sq]),
+        );
+        for r in [&new, &sq] {
+            // skopeo checks every digest as it copies.
+            run(Command::new("skopeo")
+                .args(["copy", "-q", r])
+                .arg(format!("oci:{}:c", root.join(format!("copy{i}")).display())));
+            let m = manifest_of(&out, r.rsplit(':').next().unwrap());
+            let layers = m["layers"].as_array().unwrap();
+            // The base's blobs, byte for byte (the source's bytes; a sha512 is named by the
+            // sha256 of the same bytes, this writer's layouts being sha256).
+            let source_layers: Vec<Vec<u8>> = if i == 0 {
+                manifest_of(&sha512, "t")["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| blob_bytes(&sha512, d["digest"].as_str().unwrap()))
+                    .collect()
+            } else {
+                let for_classic = root.join("for-classic");
+                manifest_of(&for_classic, "t")["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| blob_bytes(&for_classic, d["digest"].as_str().unwrap()))
+                    .collect()
+            };
+            let kept = if r == &new { 3 } else { 2 };
+            for (k, want) in source_layers.iter().take(kept).enumerate() {
+                let d = layers[k]["digest"].as_str().unwrap();
+                assert_eq!(&blob_bytes(&out, d), want, "{base} -> {r}: layer {k}");
+            }
+            // What the image shows: umoci and layerkit agree, with the diff or squash applied.
+            let tag = r.rsplit(':').next().unwrap();
+            let want = umoci_view(root, &out, tag);
+            let rootfs = root.join(format!("rootfs{i}-{tag}"));
+            succeeded_cmd(layerapply().arg("--rootfs").arg(&rootfs).arg(r));
+            assert_same(&want, &dump(&rootfs, &[]), &format!("{base} -> {r}"));
+        }
+    }
+}
+
+#[test]
+fn a_failed_image_write_leaves_no_layout_behind() {
+    if !need_root("layerdiff reads trusted.overlay.* markers") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let tars = layer_tars(root);
+    // The base's layer 1 fails its digest only when it is copied into the new layout.
+    let bad = make_image(
+        &root.join("bad"),
+        &tars,
+        &["none", "none", "none"],
+        r#", "tamper": {"blob_bytes": 1}"#,
+    );
+    let bad_ref = format!("oci:{}:t", bad.display());
+    let upper = root.join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    sh(&upper, "echo hello > greeting");
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for out in [root.join("new"), empty.clone(), root.join("deeper/new")] {
+        let target = format!("oci:{}:v1", out.display());
+        let err = failure(
+            layerdiff()
+                .arg(&upper)
+                .args(["-o", &target, "--base", &bad_ref]),
+        );
+        assert!(
+            err.contains("blob does not match its descriptor") || err.contains("digest"),
+            "{err}"
+        );
+        let err = failure(
+            Command::new(env!("CARGO_BIN_EXE_layerkit"))
+                .args(["squash", &bad_ref, "--from", "-1", "-o", &target]),
+        );
+        assert!(err.contains("layer 1"), "{err}");
+        if out == empty {
+            assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "still empty");
+        } else {
+            assert!(!out.exists(), "{} made", out.display());
+        }
+        let parent = out.parent().unwrap();
+        let left: Vec<_> = std::fs::read_dir(parent)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name())
+                    .filter(|n| n.to_string_lossy().starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "temporary names left: {left:?}");
+    }
+}
+
+/// The manifest that `name` points at in the layout.
+fn manifest_of(layout: &Path, name: &str) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let d = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (alg, hex) = d.split_once(':').unwrap();
+    serde_json::from_slice(&std::fs::read(layout.join("blobs").join(alg).join(hex)).unwrap())
+        .unwrap()
 }

@@ -9,13 +9,16 @@ SPEC: {
   "platforms": null,          # or [["linux","amd64"], ["linux","arm64","v8"]]: a nested index with
                               #   one manifest per platform (same layers, config says the platform)
   "refs": ["t"],              # index.json entries, each naming the image (or the nested index)
+  "docker_archive": null,     # or PATH: also write the image as a classic `docker save` tar there
+                              #   (manifest.json, <config hex>.json, <i>/layer.tar holding each
+                              #   blob's bytes as they are, compressed or not; tag lk/classic:v1)
   "tamper": {}                # one of: {"blob_bytes": i}, {"blob_size": i}, {"diff_id": i},
                               #   {"extra_diff_id": true}, {"missing_blob": i}, {"schema1": true},
                               #   {"layer_media": [i, "type"]}
 }
 Prints nothing; the layout is complete and, unless tampered, valid for skopeo and umoci.
 """
-import gzip, hashlib, json, os, subprocess, sys
+import gzip, hashlib, io, json, os, subprocess, sys, tarfile
 
 out = sys.argv[1]
 spec = json.loads(sys.argv[2])
@@ -90,6 +93,7 @@ def manifest(os_, arch, variant=None):
     m = {"schemaVersion": 2, "mediaType": M_MAN,
          "config": {"mediaType": M_CFG, "digest": cd, "size": cs}, "layers": layers}
     md, ms = put(json.dumps(m).encode())
+    manifest.last = (cd, m)
     return {"mediaType": M_MAN, "digest": md, "size": ms}
 
 
@@ -113,3 +117,17 @@ with open(os.path.join(out, "index.json"), "w") as f:
         dict(top, annotations={"org.opencontainers.image.ref.name": r}) for r in spec.get("refs", ["t"])]}, f)
 with open(os.path.join(out, "oci-layout"), "w") as f:
     f.write('{"imageLayoutVersion":"1.0.0"}')
+
+if spec.get("docker_archive"):
+    cd, m = manifest.last
+    blob = lambda d: open(os.path.join(out, "blobs", *d.split(":")), "rb").read()
+    members = [("%s.json" % cd.split(":")[1], blob(cd))]
+    members += [("%d/layer.tar" % i, blob(l["digest"])) for i, l in enumerate(m["layers"])]
+    saved = [{"Config": members[0][0], "RepoTags": ["lk/classic:v1"],
+              "Layers": [n for n, _ in members[1:]]}]
+    members.insert(0, ("manifest.json", json.dumps(saved).encode()))
+    with tarfile.open(spec["docker_archive"], "w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
