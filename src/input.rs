@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use crate::compress::{decoder, Compression};
 use crate::digest;
 use crate::error::{Error, Result, Rule};
+use crate::progress::{Meter, Metered};
 use crate::sys;
 
 /// Where a layer's bytes come from. Standard input can be read once, so jobs that would read a
@@ -63,6 +64,8 @@ pub struct Input {
     pub source: Source,
     /// What its bytes must be (a layer of an image).
     pub(crate) expect: Option<Expect>,
+    /// Where its reads are counted, if anyone watches.
+    pub(crate) meter: Option<Arc<Meter>>,
 }
 
 impl Input {
@@ -76,6 +79,7 @@ impl Input {
                 Source::Path(p.to_path_buf())
             },
             expect: None,
+            meter: None,
         }
     }
 
@@ -85,7 +89,23 @@ impl Input {
             label,
             source,
             expect: Some(expect),
+            meter: None,
         }
+    }
+
+    /// Count its reads into `meter` (and its size, when known beforehand, into the total).
+    pub fn metered(mut self, meter: &Arc<Meter>) -> Input {
+        let size = match &self.source {
+            Source::Stdin => None,
+            Source::Path(p) => sys::stat_path(p, true)
+                .ok()
+                .filter(|st| sys::file_type(st) == rustix::fs::FileType::RegularFile)
+                .map(|st| st.st_size as u64),
+            Source::Range { len, .. } => Some(*len),
+        };
+        meter.add_layer(size);
+        self.meter = Some(meter.clone());
+        self
     }
 
     /// The diffID its image promises, known before reading it.
@@ -94,6 +114,32 @@ impl Input {
     }
 
     pub(crate) fn open(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(self.metered_reader(self.open_raw()?))
+    }
+
+    /// `r` (this input's bytes, opened some other way) counted into its meter, if any.
+    pub(crate) fn metered_reader<'a>(
+        &self,
+        r: Box<dyn Read + Send + 'a>,
+    ) -> Box<dyn Read + Send + 'a> {
+        match &self.meter {
+            Some(m) => Box::new(Metered {
+                inner: r,
+                meter: m.clone(),
+                ended: false,
+            }),
+            None => r,
+        }
+    }
+
+    /// Count `n` bytes read, and the layer done, at once (for a tar read in place, by seeks).
+    pub(crate) fn metered_whole(&self, n: u64) {
+        if let Some(m) = &self.meter {
+            m.whole(n);
+        }
+    }
+
+    fn open_raw(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match &self.source {
             Source::Stdin => Box::new(io::stdin()),
             Source::Path(p) => Box::new(open_layer_file(&self.label, p)?),

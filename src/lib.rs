@@ -44,6 +44,7 @@ mod input;
 mod output;
 mod overlay;
 pub mod path;
+pub mod progress;
 mod resolve;
 mod rootfs;
 mod squash;

@@ -70,6 +70,9 @@ pub struct DiffArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// No progress on stderr (shown only when stderr is a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// With `-o oci:DIR[:REF]`: the image the new one is built on (its layers plus the diff).
     #[arg(long, value_name = "IMAGE")]
     pub base: Option<String>,
@@ -126,6 +129,9 @@ pub struct ApplyArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// No progress on stderr (shown only when stderr is a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// In a multi-platform image, the platform to take (default: this host's, linux/amd64 here).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
@@ -155,6 +161,9 @@ pub struct SquashArgs {
     /// Worker threads: layers read at once, compression workers (default: all cores).
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// No progress on stderr (shown only when stderr is a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// With an image: squash layers N..top (0-based; negative counts from the top; 0 flattens).
     #[arg(
         long,

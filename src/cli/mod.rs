@@ -6,6 +6,8 @@ mod args;
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -19,6 +21,7 @@ use crate::input::{Input, Source};
 use crate::output::BlobOptions;
 use crate::overlay::read::upper::WalkOptions;
 use crate::overlay::Namespace;
+use crate::progress::Meter;
 use crate::rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
 use crate::squash::{squash, squash_image, squash_to_file, SquashOptions};
 use crate::store::{apply_image, apply_store};
@@ -74,6 +77,49 @@ pub fn main(who: Personality) -> ExitCode {
     }
 }
 
+/// Progress on stderr, as `skopeo copy` shows it, when stderr is a terminal and `-q` is not given;
+/// the line is rewritten in place and ended when the job ends.
+fn meter(quiet: bool) -> Option<Arc<Meter>> {
+    if quiet || !io::stderr().is_terminal() {
+        return None;
+    }
+    Some(Meter::new(Duration::from_millis(200), |p| {
+        if p.layers == 0 {
+            return;
+        }
+        let mb = |n: u64| n as f64 / 1e6;
+        let total = if p.total > 0 {
+            format!(" / {:.1} MB", mb(p.total))
+        } else {
+            " MB".to_string()
+        };
+        eprint!(
+            "\r\x1b[Klayers {}/{} read, {:.1}{total}",
+            p.done,
+            p.layers,
+            mb(p.read)
+        );
+    }))
+}
+
+/// The last progress line, ended, so that what follows starts on a line of its own.
+fn end_meter(m: &Option<Arc<Meter>>) {
+    if let Some(m) = m {
+        if m.progress().layers > 0 {
+            m.show_now();
+            eprintln!();
+        }
+    }
+}
+
+/// `inputs`, counted into `m` when progress is shown.
+fn watch(inputs: Vec<Input>, m: &Option<Arc<Meter>>) -> Vec<Input> {
+    match m {
+        Some(m) => inputs.into_iter().map(|i| i.metered(m)).collect(),
+        None => inputs,
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.replace('\n', "\\n")
 }
@@ -117,13 +163,20 @@ fn compression(
 }
 
 fn run_diff(a: DiffArgs) -> Result<()> {
+    let m = meter(a.quiet);
+    let r = run_diff_with(a, &m);
+    end_meter(&m);
+    r
+}
+
+fn run_diff_with(a: DiffArgs, m: &Option<Arc<Meter>>) -> Result<()> {
     if let Some(target) = a
         .output
         .as_deref()
         .and_then(|p| p.to_str())
         .and_then(ImageRef::parse)
     {
-        return run_diff_image(&a, target);
+        return run_diff_image(&a, target, m);
     }
     if a.base.is_some() || a.message.is_some() || a.platform.is_some() {
         return Err(Error::Usage(
@@ -152,8 +205,9 @@ fn run_diff(a: DiffArgs) -> Result<()> {
 }
 
 /// `layerkit squash IMAGE -o (oci:DIR[:REF] | FILE) [--from N] [--message M]`.
-fn run_squash_image(a: &SquashArgs, image: ImageRef) -> Result<()> {
-    let image = crate::image::open(&image, &platform(a.platform.as_deref())?)?;
+fn run_squash_image(a: &SquashArgs, image: ImageRef, m: &Option<Arc<Meter>>) -> Result<()> {
+    let mut image = crate::image::open(&image, &platform(a.platform.as_deref())?)?;
+    image.layers = watch(image.layers, m);
     let keep = crate::squash::from_layer(a.from, image.layers.len())?;
     let out = a.output.to_str().and_then(ImageRef::parse);
     // The new layer is compressed as the image's top layer was, unless -c says otherwise.
@@ -233,7 +287,7 @@ fn diff_options(a: &DiffArgs, compression: Compression) -> DiffOptions {
 }
 
 /// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
-fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
+fn run_diff_image(a: &DiffArgs, target: ImageRef, m: &Option<Arc<Meter>>) -> Result<()> {
     let base = match &a.base {
         Some(b) => {
             let r = ImageRef::parse(b).ok_or_else(|| {
@@ -241,7 +295,9 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef) -> Result<()> {
                     "--base {b}: an image (oci:, oci-archive:, docker-archive:)"
                 ))
             })?;
-            Some(crate::image::open(&r, &platform(a.platform.as_deref())?)?)
+            let mut image = crate::image::open(&r, &platform(a.platform.as_deref())?)?;
+            image.layers = watch(image.layers, m);
+            Some(image)
         }
         None => None,
     };
@@ -284,8 +340,15 @@ fn layer_inputs(layers: &[std::path::PathBuf]) -> Result<Vec<Input>> {
 }
 
 fn run_squash(a: SquashArgs) -> Result<()> {
+    let m = meter(a.quiet);
+    let r = run_squash_with(a, &m);
+    end_meter(&m);
+    r
+}
+
+fn run_squash_with(a: SquashArgs, m: &Option<Arc<Meter>>) -> Result<()> {
     if let Some(image) = image_arg(&a.layers)? {
-        return run_squash_image(&a, image);
+        return run_squash_image(&a, image, m);
     }
     if a.from != 0 || a.message.is_some() || a.platform.is_some() {
         return Err(Error::Usage(
@@ -296,7 +359,7 @@ fn run_squash(a: SquashArgs) -> Result<()> {
     let to_stdout = a.output == Path::new("-");
     let compression = compression(a.compression, a.level, Some(&a.output))?;
     check_stdout(to_stdout, a.json)?;
-    let inputs = layer_inputs(&a.layers)?;
+    let inputs = watch(layer_inputs(&a.layers)?, m);
     let opts = SquashOptions {
         blob: BlobOptions {
             compression,
@@ -322,6 +385,13 @@ fn run_squash(a: SquashArgs) -> Result<()> {
 }
 
 fn run_apply(a: ApplyArgs) -> Result<()> {
+    let m = meter(a.quiet);
+    let r = run_apply_with(a, &m);
+    end_meter(&m);
+    r
+}
+
+fn run_apply_with(a: ApplyArgs, m: &Option<Arc<Meter>>) -> Result<()> {
     let opts = ApplyOptions {
         ns: if a.userxattr {
             Namespace::User
@@ -340,7 +410,8 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
                     .into(),
             ));
         }
-        let image = crate::image::open(&image, &platform)?;
+        let mut image = crate::image::open(&image, &platform)?;
+        image.layers = watch(image.layers, m);
         if let Some(dir) = &a.rootfs {
             return print_rootfs(&apply_image_rootfs(dir, &image, &opts)?, a.json);
         }
@@ -348,7 +419,7 @@ fn run_apply(a: ApplyArgs) -> Result<()> {
         let report = apply_image(dir, &image, &opts)?;
         return print_apply(&report, &a);
     }
-    let inputs = layer_inputs(&a.layers)?;
+    let inputs = watch(layer_inputs(&a.layers)?, m);
     if let Some(dir) = &a.rootfs {
         return print_rootfs(&apply_rootfs(dir, &inputs, &opts)?, a.json);
     }

@@ -588,6 +588,20 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
     })
 }
 
+/// Up to `buf.len()` bytes from the start of `r`.
+fn read_head(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,18 +625,4 @@ mod tests {
         assert!(PlatformChoice::parse("linux//").is_none());
         assert!(PlatformChoice::parse("a/b/c/d").is_none());
     }
-}
-
-/// Up to `buf.len()` bytes from the start of `r`.
-fn read_head(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

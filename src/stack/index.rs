@@ -97,7 +97,7 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
         Source::Stdin | Source::Range { .. } => None,
     };
     let src: Box<dyn Read + Send> = match &file {
-        Some(f) => Box::new(f.try_clone().map_err(|e| Error::io(label, e))?),
+        Some(f) => input.metered_reader(Box::new(f.try_clone().map_err(|e| Error::io(label, e))?)),
         None => input.open()?,
     };
     // An image's layer is verified in this one pass: the blob as read, the tar as decoded.
@@ -159,6 +159,9 @@ pub fn index(input: &Input, tmp: &Path) -> Result<Layer> {
         }
         (members, spool)
     };
+    if in_place {
+        input.metered_whole(tar.metadata().map_or(0, |m| m.len()));
+    }
     Ok(Layer {
         index: LayerIndex {
             label: label.to_string(),

@@ -1059,3 +1059,39 @@ fn manifest_of(layout: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(layout.join("blobs").join(alg).join(hex)).unwrap())
         .unwrap()
 }
+
+#[test]
+fn progress_shows_on_a_terminal_only_and_not_with_q() {
+    if !need_root("--rootfs sets owners") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let (_, _, base_ref) = base_image(root);
+    let bin = env!("CARGO_BIN_EXE_layerapply");
+    // `script` gives the command a terminal, and copies what it writes there to our stdout.
+    let on_tty = |name: &str, quiet: &str| -> String {
+        let cmd = format!(
+            "{bin} {quiet} --rootfs {} {base_ref}",
+            root.join(name).display()
+        );
+        let o = succeeded_cmd(Command::new("script").args(["-q", "-e", "-c", &cmd, "/dev/null"]));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let shown = on_tty("a", "");
+    assert!(shown.contains("layers 3/3 read"), "{shown:?}");
+    assert!(shown.ends_with("\r\n"), "the line is ended: {shown:?}");
+    assert_eq!(on_tty("b", "-q"), "", "-q: nothing");
+    // Not a terminal: nothing on stderr.
+    let o = succeeded_cmd(
+        layerapply()
+            .arg("--rootfs")
+            .arg(root.join("c"))
+            .arg(&base_ref),
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
