@@ -11,7 +11,10 @@
 //! - `stack-tar`: the same -> one uncompressed `.tar`;
 //! - `stack-zst-in`: L0+L1+L2 `.tar.zst` -> `.tar.zst`;
 //! - `synth10`: ten synthetic layers (`gen-synth.py`, generated once into `$BENCH_TMP/synth`) ->
-//!   `.tar.zst`.
+//!   `.tar.zst`;
+//! - `image-gz`: the corpus's gzip OCI image -> a squashed image (`layerkit squash IMAGE -o oci:`,
+//!   all layers or the top two), against `buildah commit --squash` to an `oci:` dir, compressed and
+//!   not (its container made from the same image once, untimed).
 //!
 //! The naive way is `../shared/bench/naive-squash.sh` (GNU tar extracts every layer in order into
 //! one dir, a script applies the whiteouts first, then `tar -c`), piped into `zstd -T0 -3` where
@@ -36,13 +39,19 @@ use common::{first_line, have, q, sh_ok, size, sync, time_shell, Runs};
 
 const USAGE: &str = "\
 usage: cargo bench --bench squash [-- [--runs N] [--out FILE] [GROUP...]]
-  GROUP     stack-zst stack-tar stack-zst-in synth10 (default: all)
+  GROUP     stack-zst stack-tar stack-zst-in synth10 image-gz (default: all)
   --runs N  timed runs per command (default 3)
   --out F   also write the report to F
 env: LAYERKIT (binary, default target/release/layerkit), LAYERKIT_CORPUS (default /work/corpus),
      BENCH_TMP (scratch, default /var/tmp/layerkit-bench-squash; not tmpfs)";
 
-const GROUPS: [&str; 4] = ["stack-zst", "stack-tar", "stack-zst-in", "synth10"];
+const GROUPS: [&str; 5] = [
+    "stack-zst",
+    "stack-tar",
+    "stack-zst-in",
+    "synth10",
+    "image-gz",
+];
 
 struct Cmd {
     label: String,
@@ -202,6 +211,11 @@ fn main() -> ExitCode {
             "stack-zst" => (tar_ext("tar"), true, "L0+L1+L2 .tar -> .tar.zst"),
             "stack-tar" => (tar_ext("tar"), false, "L0+L1+L2 .tar -> .tar"),
             "stack-zst-in" => (tar_ext("tar.zst"), true, "L0+L1+L2 .tar.zst -> .tar.zst"),
+            "image-gz" => (
+                tar_ext("tar.gz"),
+                false,
+                "the corpus image (3 gzip layers, OCI layout) -> a squashed image",
+            ),
             _ => (
                 synth_layers.clone(),
                 true,
@@ -313,6 +327,9 @@ fn main() -> ExitCode {
                 q(&o("squash"))
             ),
         ));
+        if g == "image-gz" {
+            cmds = image_cmds(&lk, &corpus, &work, &tmp, buildah);
+        }
         let t0 = Instant::now();
         for c in &mut cmds {
             c.run(&rss, false);
@@ -322,7 +339,11 @@ fn main() -> ExitCode {
                 c.run(&rss, true);
             }
         }
-        let check = compare_flat(&work, &o("flat"), &o("naive"), zst_out);
+        let check = if g == "image-gz" {
+            "not compared here (tests/it/images.rs checks squashed images against umoci)".into()
+        } else {
+            compare_flat(&work, &o("flat"), &o("naive"), zst_out)
+        };
         let mut t = String::new();
         let _ = writeln!(
             t,
@@ -357,7 +378,7 @@ fn main() -> ExitCode {
                 c.runs.min().unwrap_or(med),
                 c.runs.rss_kib as f64 / 1024.0
             );
-            if c.label != "layerkit squash" {
+            if !std::ptr::eq(c, cmds.last().expect("a reference row")) {
                 summary.push(format!(
                     "{g}: {} {ratio}",
                     c.label.split([':', '(']).next().unwrap_or("").trim()
@@ -401,6 +422,71 @@ fn main() -> ExitCode {
     }
     let _ = std::fs::remove_dir_all(&work);
     ExitCode::SUCCESS
+}
+
+/// The `image-gz` group: squashing a whole image, layout to layout.
+fn image_cmds(lk: &Path, corpus: &Path, work: &Path, tmp: &Path, buildah: bool) -> Vec<Cmd> {
+    let image = format!("oci:{}", q(&corpus.join("oci/image-gzip")));
+    let mut cmds = Vec::new();
+    if buildah {
+        for (label, flag, name) in [
+            (
+                "buildah commit --squash (flatten; uncompressed, its default)",
+                "",
+                "buildah",
+            ),
+            (
+                "buildah commit --squash --disable-compression=false (gzip)",
+                " --disable-compression=false",
+                "buildah-gz",
+            ),
+        ] {
+            let d = work.join(name);
+            let mut c = Cmd::new(
+                label,
+                &d,
+                format!(
+                    "{} commit -q --squash{flag} --format oci lk-sq oci:{} >/dev/null",
+                    buildah_cmd(tmp),
+                    q(&d)
+                ),
+            );
+            c.file = None;
+            cmds.push(c);
+        }
+    }
+    for (label, flag, name) in [
+        (
+            "layerkit squash IMAGE -c none (flatten, uncompressed)",
+            " -c none",
+            "lk-none",
+        ),
+        (
+            "layerkit squash IMAGE --from -2 (top two into one, gzip)",
+            " --from -2",
+            "lk-top2",
+        ),
+        (
+            "layerkit squash IMAGE (flatten, gzip as the image's top layer)",
+            "",
+            "lk",
+        ),
+    ] {
+        let d = work.join(name);
+        let mut c = Cmd::new(
+            label,
+            &d,
+            format!(
+                "TMPDIR={} {} squash {image}{flag} -o oci:{}:sq",
+                q(work),
+                q(lk),
+                q(&d)
+            ),
+        );
+        c.file = None;
+        cmds.push(c);
+    }
+    cmds
 }
 
 fn buildah_cmd(tmp: &Path) -> String {
