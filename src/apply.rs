@@ -39,6 +39,7 @@ pub fn apply_into(dir: &Path, input: &Input, opts: &ApplyOptions) -> Result<Appl
             reused: false,
         }],
         lowerdir: escape_lowerdir(&path),
+        short_lowerdir: String::new(),
         image: None,
         warnings: warnings
             .into_iter()

@@ -34,6 +34,7 @@ mod apply;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
+mod commit;
 pub mod compress;
 mod diff;
 pub mod digest;
@@ -73,6 +74,21 @@ pub use staging::remove_on_signals;
 pub use store::{apply_image, apply_store};
 pub use tar::write::WriteOptions;
 pub use unpack::{ApplyOptions, ApplyReport, ImageReport, LayerReport};
+
+/// The store's lifecycle and docker's run -> commit loop, without a daemon: containers (an init
+/// layer of mount-point placeholders and a writable layer on an image's layers), their mounts,
+/// their changes committed as layers or images, and tidying what nothing uses.
+pub mod containers {
+    pub use crate::commit::{commit_to_file, commit_to_image};
+    pub use crate::store::container::{
+        container_dirs, create, inspect, mount, remove, umount, ContainerBase, ContainerDirs,
+        Created, GraphData, GraphDriver, Inspect, RootFs,
+    };
+    pub use crate::store::gc::{
+        forget_image, list, prune, ContainerInfo, ImageInfo, LayerInfo, Listing, Pruned,
+    };
+    pub use crate::store::records::{ContainerRecord, ImageRecord};
+}
 
 /// Internals the fuzz targets (`fuzz/`) drive directly; not part of the API.
 #[cfg(feature = "fuzzing")]

@@ -58,6 +58,10 @@ pub struct ApplyReport {
     pub layers: Vec<LayerReport>,
     /// The `lowerdir=` value: layer dirs, topmost first, `:`-separated (`:` and `\` escaped).
     pub lowerdir: String,
+    /// `--store` only: the same stack as `l/SHORT` names relative to the store (for a `mount` run
+    /// from there; 128 layers fit the one page mount(2) takes).
+    #[serde(skip)]
+    pub short_lowerdir: String,
     /// The image the layers came from, when they came from one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageReport>,

@@ -28,7 +28,10 @@ use crate::store::{apply_image, apply_store};
 use crate::tar::write::WriteOptions;
 use crate::unpack::{ApplyOptions, ApplyReport};
 
-pub use args::{ApplyArgs, ApplyCli, Command, DiffArgs, DiffCli, LayerkitCli, SquashArgs};
+pub use args::{
+    ApplyArgs, ApplyCli, Command, CommitArgs, ContainerArgs, CreateArgs, DiffArgs, DiffCli,
+    LayerkitCli, LsArgs, RmArgs, RmiArgs, SquashArgs,
+};
 
 /// Which binary is running: the three share this entry point.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +57,15 @@ pub fn main(who: Personality) -> ExitCode {
             Command::Diff(a) => ("layerkit diff", run_diff(a)),
             Command::Apply(a) => ("layerkit apply", run_apply(a)),
             Command::Squash(a) => ("layerkit squash", run_squash(a)),
+            Command::Create(a) => ("layerkit create", run_create(a)),
+            Command::Mount(a) => ("layerkit mount", run_mount(a)),
+            Command::Umount(a) => ("layerkit umount", run_umount(a)),
+            Command::Inspect(a) => ("layerkit inspect", run_inspect(a)),
+            Command::Commit(a) => ("layerkit commit", run_commit(a)),
+            Command::Ls(a) => ("layerkit ls", run_ls(a)),
+            Command::Rm(a) => ("layerkit rm", run_rm(a)),
+            Command::Rmi(a) => ("layerkit rmi", run_rmi(a)),
+            Command::Prune(a) => ("layerkit prune", run_prune(a)),
         },
         Personality::Diff => ("layerdiff", run_diff(DiffCli::parse().args)),
         Personality::Apply => ("layerapply", run_apply(ApplyCli::parse().args)),
@@ -186,7 +198,7 @@ fn run_diff_with(a: DiffArgs, m: &Option<Arc<Meter>>) -> Result<()> {
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
     let compression = compression(a.compression, a.level, a.output.as_deref())?;
     check_stdout(to_stdout, a.json)?;
-    let opts = diff_options(&a, compression);
+    let opts = diff_options(&a, compression)?;
     let report: DiffReport = if to_stdout {
         let out = io::BufWriter::with_capacity(1 << 20, io::stdout());
         diff(&a.upper, out, &opts)?.0
@@ -266,15 +278,15 @@ fn run_squash_image(a: &SquashArgs, image: ImageRef, m: &Option<Arc<Meter>>) -> 
     Ok(())
 }
 
-fn diff_options(a: &DiffArgs, compression: Compression) -> DiffOptions {
-    DiffOptions {
+fn diff_options(a: &DiffArgs, compression: Compression) -> Result<DiffOptions> {
+    Ok(DiffOptions {
         walk: WalkOptions {
             ns: if a.userxattr {
                 Namespace::User
             } else {
                 Namespace::Trusted
             },
-            lowers: a.lowers.clone(),
+            lowers: expand_lowers(&a.lowers)?,
         },
         compression,
         level: a.level,
@@ -283,7 +295,40 @@ fn diff_options(a: &DiffArgs, compression: Compression) -> DiffOptions {
             clamp_mtime: a.source_date_epoch,
             subsecond: false,
         },
+    })
+}
+
+/// `-l` values as dirs, topmost first: a dir; a `lowerdir=` string (`:`-separated, `\:` escaped;
+/// relative items are relative to here, as for `mount`); or an overlay2 `lower` file, whose
+/// `l/SHORT` items are relative to its store (the dir above the layer dir holding the file).
+fn expand_lowers(args: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        let is_file = crate::sys::stat_path(a, true)
+            .is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::RegularFile);
+        if is_file {
+            let text = crate::sys::read_file_at(rustix::fs::CWD, a.as_os_str().as_encoded_bytes())
+                .map_err(|e| Error::io(a, e))?;
+            let store = std::path::absolute(a)
+                .unwrap_or_else(|_| a.clone())
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            for d in crate::overlay::split_lowerdir(String::from_utf8_lossy(&text).trim_end()) {
+                out.push(store.join(d));
+            }
+        } else if let Some(s) = a.to_str().filter(|s| s.contains(':') || s.contains('\\')) {
+            out.extend(
+                crate::overlay::split_lowerdir(s)
+                    .into_iter()
+                    .map(Into::into),
+            );
+        } else {
+            out.push(a.clone());
+        }
     }
+    Ok(out)
 }
 
 /// `layerdiff UPPER -o oci:DIR[:REF] [--base IMAGE] [--message M]`.
@@ -303,7 +348,7 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef, m: &Option<Arc<Meter>>) -> Res
     };
     let compression = a.compression.unwrap_or(Compression::Gzip);
     compression.level(a.level).map_err(Error::Usage)?;
-    let opts = diff_options(a, compression);
+    let opts = diff_options(a, compression)?;
     let meta = ImageMeta {
         created: a.source_date_epoch,
         message: a.message.clone(),
@@ -483,6 +528,10 @@ fn print_apply(report: &ApplyReport, a: &ApplyArgs) -> Result<()> {
         eprintln!("warning: {}", one_line(w));
     }
     let mut out = io::stdout().lock();
+    let mut report = report.clone();
+    if a.short {
+        report.lowerdir = report.short_lowerdir.clone();
+    }
     let text = if a.json {
         serde_json::to_string(&report).expect("serialisable")
     } else if a.store.is_some() {
@@ -491,4 +540,230 @@ fn print_apply(report: &ApplyReport, a: &ApplyArgs) -> Result<()> {
         return Ok(());
     };
     writeln!(out, "{text}").map_err(Error::output)
+}
+
+fn json_line<T: serde::Serialize>(v: &T) -> Result<()> {
+    let text = serde_json::to_string(v).expect("serialisable");
+    writeln!(io::stdout().lock(), "{text}").map_err(Error::output)
+}
+
+fn line(text: &str) -> Result<()> {
+    writeln!(io::stdout().lock(), "{text}").map_err(Error::output)
+}
+
+fn run_create(a: CreateArgs) -> Result<()> {
+    use crate::containers::{create, ContainerBase};
+    let m = meter(a.quiet);
+    let opts = ApplyOptions {
+        ns: if a.userxattr {
+            Namespace::User
+        } else {
+            Namespace::Trusted
+        },
+        jobs: a.jobs.unwrap_or(0),
+        skip_digests: false,
+    };
+    let result = (|| {
+        if let Some(image) = image_arg(&a.layers)? {
+            let mut image = crate::image::open(&image, &platform(a.platform.as_deref())?)?;
+            image.layers = watch(image.layers, &m);
+            create(
+                &a.store,
+                ContainerBase::Image(&image),
+                a.name.as_deref(),
+                &opts,
+            )
+        } else {
+            let inputs = watch(layer_inputs(&a.layers)?, &m);
+            create(
+                &a.store,
+                ContainerBase::Layers(&inputs),
+                a.name.as_deref(),
+                &opts,
+            )
+        }
+    })();
+    end_meter(&m);
+    let c = result?;
+    for w in &c.apply.warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+    if a.json {
+        json_line(&c)
+    } else {
+        line(&c.id)
+    }
+}
+
+fn run_mount(a: ContainerArgs) -> Result<()> {
+    let merged = crate::containers::mount(&a.store, &a.container)?;
+    line(&merged.display().to_string())
+}
+
+fn run_umount(a: ContainerArgs) -> Result<()> {
+    crate::containers::umount(&a.store, &a.container)?;
+    Ok(())
+}
+
+fn run_inspect(a: ContainerArgs) -> Result<()> {
+    let text = serde_json::to_string_pretty(&crate::containers::inspect(&a.store, &a.container)?)
+        .expect("serialisable");
+    line(&text)
+}
+
+fn run_commit(a: CommitArgs) -> Result<()> {
+    use crate::containers::{commit_to_file, commit_to_image};
+    let target = a.output.to_str().and_then(ImageRef::parse);
+    let compression = match (&target, a.compression) {
+        (_, Some(c)) => c,
+        (Some(_), None) => Compression::Gzip,
+        (None, None) => compression(None, a.level, Some(&a.output))?,
+    };
+    compression.level(a.level).map_err(Error::Usage)?;
+    if a.output == Path::new("-") {
+        return Err(Error::Usage(
+            "commit writes a file or an image: -o FILE or -o oci:DIR[:REF]".into(),
+        ));
+    }
+    let opts = DiffOptions {
+        walk: WalkOptions::default(),
+        compression,
+        level: a.level,
+        jobs: a.jobs.unwrap_or(0),
+        write: WriteOptions {
+            clamp_mtime: a.source_date_epoch,
+            subsecond: false,
+        },
+    };
+    let text = match target {
+        Some(t) => {
+            let meta = ImageMeta {
+                created: a.source_date_epoch,
+                message: a.message.clone(),
+            };
+            let r = commit_to_image(&a.store, &a.container, &t.target(), &opts, &meta)?;
+            for w in &r.warnings {
+                eprintln!("warning: {}", one_line(w));
+            }
+            serde_json::to_string(&r).expect("serialisable")
+        }
+        None => {
+            if a.message.is_some() {
+                return Err(Error::Usage(
+                    "--message goes with an image output (-o oci:DIR[:REF])".into(),
+                ));
+            }
+            let r = commit_to_file(&a.store, &a.container, &a.output, &opts)?;
+            for w in &r.warnings {
+                eprintln!("warning: {}", one_line(w));
+            }
+            serde_json::to_string(&r.descriptor).expect("serialisable")
+        }
+    };
+    if a.json {
+        line(&text)?;
+    }
+    Ok(())
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn run_ls(a: LsArgs) -> Result<()> {
+    let l = crate::containers::list(&a.store)?;
+    if a.json {
+        return json_line(&l);
+    }
+    let mut out = String::new();
+    out.push_str("LAYER         DIFF ID               SIZE        USED BY\n");
+    for x in &l.layers {
+        let diff = x
+            .diff_id
+            .as_deref()
+            .map_or("-".to_string(), |d| d.chars().take(19).collect());
+        out.push_str(&format!(
+            "{:<13} {:<21} {:>10}  {}\n",
+            &x.id[..12],
+            diff,
+            mb(x.size),
+            if x.used_by.is_empty() {
+                "-".to_string()
+            } else {
+                x.used_by.join(", ")
+            }
+        ));
+    }
+    out.push_str("\nIMAGE                 LAYERS  REF\n");
+    for i in &l.images {
+        out.push_str(&format!(
+            "{:<21} {:>6}  {}\n",
+            i.config.chars().take(19).collect::<String>(),
+            i.layers.len(),
+            i.reference
+        ));
+    }
+    out.push_str("\nCONTAINER     NAME                 MOUNTED   SIZE        IMAGE\n");
+    for c in &l.containers {
+        out.push_str(&format!(
+            "{:<13} {:<20} {:<9} {:>10}  {}\n",
+            &c.id[..12],
+            c.name,
+            if c.mounted { "yes" } else { "no" },
+            mb(c.size),
+            c.image
+                .as_deref()
+                .map_or("-".to_string(), |i| i.chars().take(19).collect())
+        ));
+    }
+    write!(io::stdout().lock(), "{out}").map_err(Error::output)
+}
+
+fn run_rm(a: RmArgs) -> Result<()> {
+    each(&a.containers, "rm", |c| {
+        line(&crate::containers::remove(&a.store, c, a.force)?)
+    })
+}
+
+fn run_rmi(a: RmiArgs) -> Result<()> {
+    each(&a.images, "rmi", |i| {
+        let config = crate::containers::forget_image(&a.store, i, a.force)?;
+        line(&format!("forgot {config}"))
+    })
+}
+
+fn run_prune(a: LsArgs) -> Result<()> {
+    let p = crate::containers::prune(&a.store)?;
+    if a.json {
+        return json_line(&p);
+    }
+    let mut out = String::new();
+    for (id, bytes) in &p.layers {
+        out.push_str(&format!("deleted layer {id} ({})\n", mb(*bytes)));
+    }
+    for t in &p.tidied {
+        out.push_str(&format!("removed {t}\n"));
+    }
+    out.push_str(&format!(
+        "freed {} in {} layer(s)\n",
+        mb(p.bytes),
+        p.layers.len()
+    ));
+    write!(io::stdout().lock(), "{out}").map_err(Error::output)
+}
+
+/// `job` for every argument, as docker does: one failing does not stop the others. Every failure
+/// but the first is shown as it happens; the first is returned (and shown last, once).
+fn each(args: &[String], verb: &str, mut job: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    let mut first = None;
+    for a in args {
+        if let Err(e) = job(a) {
+            if first.is_none() {
+                first = Some(e);
+            } else {
+                eprintln!("layerkit {verb}: {}", one_line(&e.to_string()));
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }

@@ -602,6 +602,11 @@ fn read_head(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
     Ok(n)
 }
 
+/// Now, as the image-spec writes times.
+pub(crate) fn rfc3339_now() -> String {
+    ImageMeta::default().created_rfc3339()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

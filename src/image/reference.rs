@@ -75,6 +75,26 @@ impl ImageRef {
         }
     }
 
+    /// The same reference with an absolute path (what a store records, to find the image again
+    /// from any working directory).
+    pub fn absolute(&self) -> ImageRef {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        match self {
+            ImageRef::Oci { dir, name } => ImageRef::Oci {
+                dir: abs(dir),
+                name: name.clone(),
+            },
+            ImageRef::OciArchive { file, name } => ImageRef::OciArchive {
+                file: abs(file),
+                name: name.clone(),
+            },
+            ImageRef::DockerArchive { file, tag } => ImageRef::DockerArchive {
+                file: abs(file),
+                tag: tag.clone(),
+            },
+        }
+    }
+
     /// The reference as the user wrote it (for messages).
     pub fn label(&self) -> String {
         match self {

@@ -47,6 +47,27 @@ pub fn escape_lowerdir(p: &str) -> String {
     p.replace('\\', "\\\\").replace(':', "\\:")
 }
 
+/// The dirs of a `lowerdir=` value, topmost first: split at each `:` that is not escaped, with
+/// `\:` and `\\` read back (the inverse of [`escape_lowerdir`] joined by `:`).
+pub fn split_lowerdir(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => cur.push(n),
+                None => cur.push('\\'),
+            },
+            ':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.retain(|d| !d.is_empty());
+    out
+}
+
 /// Xattrs that are host state rather than image content: an SELinux label is assigned by the host's
 /// policy (osbuild#598 shows leaked labels breaking hosts), an NFSv4 ACL only means something on NFS.
 pub const HOST_ONLY_XATTRS: &[&[u8]] = &[b"security.selinux", b"system.nfs4_acl"];
@@ -108,6 +129,16 @@ pub fn split_xattrs(ns: Namespace, raw: Xattrs) -> (Markers, Xattrs) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lowerdir_strings_split_as_the_kernel_reads_them() {
+        assert_eq!(split_lowerdir("l/A:l/B"), ["l/A", "l/B"]);
+        assert_eq!(split_lowerdir("/a\\:b:/c\\\\d"), ["/a:b", "/c\\d"]);
+        let dirs = ["/x:y", "/p\\q", "/plain"];
+        let joined: Vec<String> = dirs.iter().map(|d| escape_lowerdir(d)).collect();
+        assert_eq!(split_lowerdir(&joined.join(":")), dirs);
+        assert_eq!(split_lowerdir("/one"), ["/one"]);
+    }
+
     use super::*;
 
     fn x(n: &str, v: &str) -> (Vec<u8>, Vec<u8>) {

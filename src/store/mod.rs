@@ -12,7 +12,10 @@
 //! lock nobody holds (their run died) and removes them. So a crash leaves nothing under a real id,
 //! and concurrent runs on one store never see each other's half layers.
 
+pub mod container;
+pub mod gc;
 pub mod layout;
+pub mod records;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,7 +28,7 @@ use crossbeam_channel::unbounded;
 
 use crate::digest::{chain_id, Hasher};
 use crate::error::{Error, Outcomes, Result};
-use crate::image::Image;
+use crate::image::{Image, ImageRef};
 use crate::input::{Digests, Input, Source};
 use crate::overlay::read::lower::LowerView;
 use crate::overlay::write::{FilePool, Layer, Stacked, Unsettled};
@@ -38,20 +41,24 @@ use crate::unpack::{unpack, ApplyOptions, ApplyReport, ImageReport, LayerReport}
 const STATE: &[u8] = b".layerkit";
 
 /// An open store.
-struct Store {
-    path: PathBuf,
-    fd: OwnedFd,
+pub(crate) struct Store {
+    pub(crate) path: PathBuf,
+    pub(crate) fd: OwnedFd,
     state: OwnedFd,
-    staging: Arc<OwnedFd>,
+    pub(crate) staging: Arc<OwnedFd>,
     blobs: OwnedFd,
     /// One record per image applied: `<config hex>.json` and `<config hex>.config`.
-    images: OwnedFd,
-    links: OwnedFd,
+    pub(crate) images: OwnedFd,
+    /// One record per container: `<cid>.json`.
+    pub(crate) containers: OwnedFd,
+    /// One record per layer: `<id>` holding its diffID.
+    pub(crate) layer_records: OwnedFd,
+    pub(crate) links: OwnedFd,
     lock: OwnedFd,
 }
 
-/// Held while the store's shared state (ids, `l/`, staging dirs) changes.
-struct Locked<'a>(&'a OwnedFd);
+/// Held while the store's shared state (ids, `l/`, staging dirs, records) changes.
+pub(crate) struct Locked<'a>(&'a OwnedFd);
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
@@ -109,6 +116,8 @@ impl Store {
         let staging = sub(&state, b"staging", 0o700)?;
         let blobs = sub(&state, b"blobs", 0o700)?;
         let images = sub(&state, b"images", 0o700)?;
+        let containers = sub(&state, b"containers", 0o700)?;
+        let layer_records = sub(&state, b"layers", 0o700)?;
         let lock = sys::open_lock_file(&state, b"lock").map_err(e)?;
         let store = Store {
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
@@ -117,10 +126,36 @@ impl Store {
             staging: Arc::new(staging),
             blobs,
             images,
+            containers,
+            layer_records,
             links,
             lock,
         };
         Ok((store, found))
+    }
+
+    /// The store at `path`, which must exist (commands that only read or tidy one never make it).
+    pub(crate) fn open_existing(path: &Path) -> Result<Store> {
+        let has_state = sys::open_dir(path)
+            .and_then(|fd| sys::read_dir_names(&fd))
+            .map_err(|e| Error::io(path, e))?
+            .iter()
+            .any(|n| n == STATE);
+        if !has_state {
+            return Err(Error::io(
+                path,
+                io::Error::other("not a layerkit store (no .layerkit); make one with layerapply --store or layerkit create"),
+            ));
+        }
+        Ok(Store::open(path)?.0)
+    }
+
+    /// The marker namespace the store's layers were written in (trusted for a new store).
+    pub(crate) fn namespace(&self) -> Namespace {
+        match sys::read_file_at(&self.state, b"namespace") {
+            Ok(v) if v == Namespace::User.prefix() => Namespace::User,
+            _ => Namespace::Trusted,
+        }
     }
 
     /// A first run that committed nothing takes back the skeleton it made (and the directory, if
@@ -179,13 +214,15 @@ impl Store {
         sys::fstat(&self.state).map_or(true, |st| st.st_nlink == 0)
     }
 
-    fn lock(&self) -> Result<Locked<'_>> {
+    pub(crate) fn lock(&self) -> Result<Locked<'_>> {
         sys::flock(&self.lock, true, false).map_err(|e| Error::io(&self.path, e))?;
         Ok(Locked(&self.lock))
     }
 
     /// Remove staging dirs whose run is gone (nobody holds their lock). Called under the lock.
-    fn clean_orphans(&self) {
+    /// Returns the names removed.
+    pub(crate) fn clean_orphans(&self) -> Vec<String> {
+        let mut removed = Vec::new();
         for name in sys::read_dir_names(&*self.staging).unwrap_or_default() {
             let orphan = match sys::openat_dir(&*self.staging, &name)
                 .and_then(|d| sys::open_lock_file(&d, b"lock"))
@@ -195,8 +232,47 @@ impl Store {
             };
             if orphan {
                 let _ = sys::remove_all_at(self.staging.as_fd(), &name);
+                removed.push(String::from_utf8_lossy(&name).into_owned());
             }
         }
+        removed
+    }
+
+    /// The store ids that live runs use (their `pins`), read under the lock: a prune keeps them.
+    pub(crate) fn pinned(&self) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        for name in sys::read_dir_names(&*self.staging).unwrap_or_default() {
+            let Ok(d) = sys::openat_dir(&*self.staging, &name) else {
+                continue;
+            };
+            if let Ok(v) = sys::read_file_at(&d, b"pins") {
+                ids.extend(String::from_utf8_lossy(&v).lines().map(str::to_string));
+            }
+        }
+        ids
+    }
+
+    /// A new run: a staging dir of its own, locked for the run's lifetime and removed when the run
+    /// ends (a signal included); its `pins` name the layers it uses. Called under the lock.
+    pub(crate) fn new_run(&self) -> Result<(staging::Registered, OwnedFd, OwnedFd)> {
+        let e = |err: io::Error| Error::io(&self.path, err);
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            layout::link_name(&sys::random17().map_err(e)?)
+        );
+        sys::mkdirat(&*self.staging, name.as_bytes(), 0o700).map_err(e)?;
+        let run = staging::Registered::new(self.staging.clone(), name.into_bytes());
+        let dir = sys::openat_dir(run.dir(), run.name()).map_err(e)?;
+        let lock = sys::open_lock_file(&dir, b"lock").map_err(e)?;
+        sys::flock(&lock, true, false).map_err(e)?;
+        Ok((run, dir, lock))
+    }
+
+    /// Record in `run` that it uses `ids` (a prune keeps them while the run lives). Under the lock.
+    pub(crate) fn pin(&self, run: &OwnedFd, ids: &[String]) -> Result<()> {
+        sys::write_file_atomic(run.as_fd(), b"pins", ids.join("\n").as_bytes(), 0o600)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// The diffID recorded for a blob digest by an earlier run.
@@ -206,13 +282,13 @@ impl Store {
         (s.starts_with("sha256:") && s.len() == 71).then_some(s)
     }
 
-    fn has(&self, id: &str) -> bool {
+    pub(crate) fn has(&self, id: &str) -> bool {
         sys::openat_dir(&self.fd, id.as_bytes())
             .and_then(|d| sys::openat_dir(&d, b"diff"))
             .is_ok()
     }
 
-    fn diff_dir(&self, id: &str) -> Result<OwnedFd> {
+    pub(crate) fn diff_dir(&self, id: &str) -> Result<OwnedFd> {
         let p = self.path.join(id).join("diff");
         sys::openat_dir(&self.fd, id.as_bytes())
             .and_then(|d| sys::openat_dir(&d, b"diff"))
@@ -220,7 +296,7 @@ impl Store {
     }
 
     /// `link` and `lower` of a committed layer; re-creates `l/SHORT` if a crash lost it.
-    fn names_of(&self, id: &str) -> Result<(String, Option<String>)> {
+    pub(crate) fn names_of(&self, id: &str) -> Result<(String, Option<String>)> {
         let p = self.path.join(id);
         let d = sys::openat_dir(&self.fd, id.as_bytes()).map_err(|e| Error::io(&p, e))?;
         let link = sys::read_file_at(&d, b"link").map_err(|e| Error::io(p.join("link"), e))?;
@@ -243,12 +319,13 @@ impl Store {
     }
 
     /// Put the staged layer `run/<k>` in place as `<id>`. `Ok(false)`: another run got there first.
-    fn commit(
+    pub(crate) fn commit(
         &self,
         run: &OwnedFd,
         k: &[u8],
         id: &str,
         parent: Option<&(String, Option<String>)>,
+        diff_id: Option<&str>,
     ) -> Result<bool> {
         let staged = sys::openat_dir(run, k).map_err(|e| Error::io(&self.path, e))?;
         let e = |err: io::Error| Error::io(self.path.join(id), err);
@@ -268,6 +345,17 @@ impl Store {
             }
         };
         sys::write_file_atomic(staged.as_fd(), b"link", link.as_bytes(), 0o644).map_err(e)?;
+        if let Some(d) = diff_id {
+            // Before the layer appears: a layer never lacks its record (a record without a layer,
+            // left by a crash, is tidied by prune).
+            sys::write_file_atomic(
+                self.layer_records.as_fd(),
+                id.as_bytes(),
+                d.as_bytes(),
+                0o644,
+            )
+            .map_err(e)?;
+        }
         // The layer and its short link appear together, never split by a signal's cleanup.
         staging::exclusive(|| {
             match sys::rename_noreplace(run, k, &self.fd, id.as_bytes()) {
@@ -291,13 +379,15 @@ impl Store {
             .iter()
             .filter_map(|l| l.chain_id.as_deref().map(layout::id))
             .collect();
-        let rec = serde_json::json!({
-            "ref": image.label,
-            "manifest": image.manifest,
-            "config": image.config,
-            "diffIDs": image.diff_ids,
-            "layers": layers,
-        });
+        let rec = records::ImageRecord {
+            reference: image.label.clone(),
+            source: ImageRef::parse(&image.label).map(|r| r.absolute().label()),
+            manifest: image.manifest.clone(),
+            config: image.config.clone(),
+            diff_ids: image.diff_ids.clone(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+        };
+        let rec = serde_json::to_vec(&rec).expect("serialisable");
         let _guard = self.lock()?;
         sys::write_file_atomic(
             self.images.as_fd(),
@@ -309,7 +399,7 @@ impl Store {
         sys::write_file_atomic(
             self.images.as_fd(),
             format!("{hex}.json").as_bytes(),
-            rec.to_string().as_bytes(),
+            &rec,
             0o644,
         )
         .map_err(e)
@@ -379,23 +469,25 @@ type Unpacked = (usize, Result<(Unsettled<Stacked>, Digests)>);
 
 /// Unpack `inputs` (bottom first) into the store at `path`.
 pub fn apply_store(path: &Path, inputs: &[Input], opts: &ApplyOptions) -> Result<ApplyReport> {
-    apply_stack(path, inputs, opts, None)
+    Ok(apply_stack(path, inputs, opts, None, |_, _, _| Ok(()))?.0)
 }
 
 /// Unpack `image`'s layers into the store at `path`, each verified as it is read (layers the store
 /// has by chainID are reused without reading their blobs), and record the image in the store.
 pub fn apply_image(path: &Path, image: &Image, opts: &ApplyOptions) -> Result<ApplyReport> {
-    apply_stack(path, &image.layers, opts, Some(image))
+    Ok(apply_stack(path, &image.layers, opts, Some(image), |_, _, _| Ok(()))?.0)
 }
 
-fn apply_stack(
+/// Apply `inputs` (of `image`, if any), then run `then` while the run still pins the layers (so a
+/// concurrent prune cannot take them before `then` records what uses them).
+pub(crate) fn apply_stack<T>(
     path: &Path,
     inputs: &[Input],
     opts: &ApplyOptions,
     image: Option<&Image>,
-) -> Result<ApplyReport> {
+    then: impl FnOnce(&Store, &OwnedFd, &ApplyReport) -> Result<T>,
+) -> Result<(ApplyReport, T)> {
     sys::raise_nofile_limit();
-    let e = |err: io::Error| Error::io(path, err);
     // A concurrent first run that failed may take the store back between our open and our lock:
     // then open it anew.
     let (store, found, run, run_dir, _run_lock) = loop {
@@ -407,18 +499,7 @@ fn apply_stack(
             }
             store.check_namespace(opts.ns)?;
             store.clean_orphans();
-            let name = format!(
-                "{}-{}",
-                std::process::id(),
-                layout::link_name(&sys::random17().map_err(e)?)
-            );
-            sys::mkdirat(&*store.staging, name.as_bytes(), 0o700).map_err(e)?;
-            // Removed when this run ends, however it ends (a signal included).
-            let run = staging::Registered::new(store.staging.clone(), name.into_bytes());
-            let dir = sys::openat_dir(run.dir(), run.name()).map_err(e)?;
-            let lock = sys::open_lock_file(&dir, b"lock").map_err(e)?;
-            sys::flock(&lock, true, false).map_err(e)?;
-            (run, dir, lock)
+            store.new_run()?
         };
         break (store, found, staged.0, staged.1, staged.2);
     };
@@ -434,6 +515,10 @@ fn apply_stack(
             Err(e) => result = Err(e),
         }
     }
+    let result = result.and_then(|r| {
+        let t = then(&store, &run_dir, &r)?;
+        Ok((r, t))
+    });
     drop(run_dir);
     drop(run);
     if result.is_err() {
@@ -509,6 +594,8 @@ fn commit_in_order(
     let mut parent: Option<(String, Option<String>)> = None;
     let mut reports = Vec::new();
     let mut warnings = Vec::new();
+    let mut pins: Vec<String> = Vec::new();
+    let mut shorts: Vec<String> = Vec::new();
     for (k, input) in inputs.iter().enumerate() {
         let label = input.label.as_str();
         let (diff_id, was_reused) = if let Some(d) = &reused[k] {
@@ -549,7 +636,13 @@ fn commit_in_order(
             let id = layout::id(&chain_id(&diff_ids).expect("non-empty")).to_string();
             diff_ids.pop();
             let committed = store
-                .commit(run, k.to_string().as_bytes(), &id, parent.as_ref())
+                .commit(
+                    run,
+                    k.to_string().as_bytes(),
+                    &id,
+                    parent.as_ref(),
+                    Some(&d.diff_id),
+                )
                 .map_err(|e| e.in_layer(label))?;
             store.remember(&d);
             (d.diff_id, !committed)
@@ -557,8 +650,30 @@ fn commit_in_order(
         diff_ids.push(diff_id.clone());
         let chain = chain_id(&diff_ids).expect("non-empty");
         let id = layout::id(&chain).to_string();
+        {
+            // Pinned before anything else uses it: from here on no prune takes it.
+            let _guard = store.lock()?;
+            if !store.has(&id) {
+                return Err(Error::io(
+                    store.path.join(&id),
+                    io::Error::other("removed by a concurrent prune; run again"),
+                ));
+            }
+            pins.push(id.clone());
+            store.pin(run, &pins)?;
+            if sys::lstatat(&store.layer_records, id.as_bytes()).is_err() {
+                // A layer from before layers had records.
+                let _ = sys::write_file_atomic(
+                    store.layer_records.as_fd(),
+                    id.as_bytes(),
+                    diff_id.as_bytes(),
+                    0o644,
+                );
+            }
+        }
         lowers.push(store.diff_dir(&id)?);
         parent = Some(store.names_of(&id)?);
+        shorts.push(format!("l/{}", parent.as_ref().expect("just set").0));
         reports.push(LayerReport {
             layer: input.label.clone(),
             diff_id: Some(diff_id),
@@ -573,9 +688,11 @@ fn commit_in_order(
         .map(|r| escape_lowerdir(&r.path))
         .collect::<Vec<_>>()
         .join(":");
+    shorts.reverse();
     Ok(ApplyReport {
         layers: reports,
         lowerdir,
+        short_lowerdir: shorts.join(":"),
         image: None,
         warnings,
     })

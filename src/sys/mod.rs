@@ -13,7 +13,9 @@ use std::path::Path;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 mod at;
+mod mount;
 pub use at::*;
+pub use mount::*;
 
 pub use rustix::fs::{FileType, Stat};
 

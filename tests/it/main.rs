@@ -28,3 +28,7 @@ mod outputs;
 mod threads;
 // Images as inputs: oci:, oci-archive:, docker-archive: against umoci and the kernel; verification.
 mod images;
+// The container loop on the store (create, mount, commit, inspect, ls, rm, rmi, prune) through the kernel.
+mod containers;
+// The store under concurrency and kill -9: every command reads and repairs what is left.
+mod store_crash;

@@ -1,0 +1,1 @@
+//! The container loop on the store, through the kernel.

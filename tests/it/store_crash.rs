@@ -1,0 +1,1 @@
+//! The store under concurrent commands and kill -9.
