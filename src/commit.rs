@@ -48,15 +48,8 @@ pub fn commit_to_image(
         Some((source, platform, config)) => {
             let r = ImageRef::parse(&source)
                 .ok_or_else(|| Error::Usage(format!("{source}: not an image reference")))?;
-            let image = crate::image::open(&r, &platform)?;
-            if image.config != config {
-                return Err(Error::Usage(format!(
-                    "{source} now holds image {}, not the container's {config}; \
-                     commit to a layer file (-o FILE) instead",
-                    image.config
-                )));
-            }
-            image
+            // Whatever ref names it now: committing into the image's own layout adds refs.
+            crate::image::open_config(&r, &platform, &config)?
         }
         None => {
             return Err(Error::Usage(format!(

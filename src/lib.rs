@@ -86,6 +86,7 @@ pub mod containers {
     };
     pub use crate::store::gc::{
         forget_image, list, prune, ContainerInfo, ImageInfo, LayerInfo, Listing, Pruned,
+        PrunedLayer,
     };
     pub use crate::store::records::{ContainerRecord, ImageRecord};
 }

@@ -304,9 +304,13 @@ fn diff_options(a: &DiffArgs, compression: Compression) -> Result<DiffOptions> {
 fn expand_lowers(args: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     for a in args {
-        let is_file = crate::sys::stat_path(a, true)
-            .is_ok_and(|st| crate::sys::file_type(&st) == crate::sys::FileType::RegularFile);
-        if is_file {
+        let kind = crate::sys::stat_path(a, true)
+            .ok()
+            .map(|st| crate::sys::file_type(&st));
+        if kind == Some(crate::sys::FileType::Directory) {
+            // A dir is a dir, whatever its name holds (a colon too).
+            out.push(a.clone());
+        } else if kind == Some(crate::sys::FileType::RegularFile) {
             let text = crate::sys::read_file_at(rustix::fs::CWD, a.as_os_str().as_encoded_bytes())
                 .map_err(|e| Error::io(a, e))?;
             let store = std::path::absolute(a)
@@ -738,8 +742,8 @@ fn run_prune(a: LsArgs) -> Result<()> {
         return json_line(&p);
     }
     let mut out = String::new();
-    for (id, bytes) in &p.layers {
-        out.push_str(&format!("deleted layer {id} ({})\n", mb(*bytes)));
+    for l in &p.layers {
+        out.push_str(&format!("deleted layer {} ({})\n", l.id, mb(l.size)));
     }
     for t in &p.tidied {
         out.push_str(&format!("removed {t}\n"));

@@ -185,6 +185,67 @@ pub fn open(r: &ImageRef, platform: &PlatformChoice) -> Result<Image> {
     }
 }
 
+/// The image whose config is `config` in the source `r` names, whatever ref names it now: `r`
+/// itself, else each ref (or tag) the source holds. For finding an image again after its layout
+/// gained others (a container's commit into its image's own layout).
+pub fn open_config(r: &ImageRef, platform: &PlatformChoice, config: &str) -> Result<Image> {
+    let first = open(r, platform);
+    if let Ok(i) = &first {
+        if i.config == config {
+            return first;
+        }
+    }
+    let label = r.label();
+    let names: Vec<String> = match r {
+        ImageRef::Oci { dir, .. } => Files::dir(dir).ok().and_then(|f| ref_names_of(&f)),
+        ImageRef::OciArchive { file, .. } => Files::tar(file).ok().and_then(|f| ref_names_of(&f)),
+        ImageRef::DockerArchive { file, .. } => Files::tar(file).ok().and_then(|f| {
+            let saved: Vec<DockerSaved> = json(&f.read_small("manifest.json").ok()?, "").ok()?;
+            Some(
+                saved
+                    .into_iter()
+                    .flat_map(|s| s.repo_tags.unwrap_or_default())
+                    .collect(),
+            )
+        }),
+    }
+    .unwrap_or_default();
+    for n in names {
+        let named = match r.clone() {
+            ImageRef::Oci { dir, .. } => ImageRef::Oci { dir, name: Some(n) },
+            ImageRef::OciArchive { file, .. } => ImageRef::OciArchive {
+                file,
+                name: Some(n),
+            },
+            ImageRef::DockerArchive { file, .. } => ImageRef::DockerArchive { file, tag: Some(n) },
+        };
+        if let Ok(i) = open(&named, platform) {
+            if i.config == config {
+                return Ok(i);
+            }
+        }
+    }
+    match first {
+        Ok(i) => Err(format_error(
+            label,
+            format!("holds image {}, not {config}", i.config),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The ref names of a layout's index.
+fn ref_names_of(files: &Files) -> Option<Vec<String>> {
+    let index: Index = json(&files.read_small("index.json").ok()?, "index.json").ok()?;
+    Some(
+        index
+            .manifests
+            .iter()
+            .filter_map(|m| m.annotations.get(spec::REF_NAME).cloned())
+            .collect(),
+    )
+}
+
 fn format_error(what: impl Into<String>, detail: impl Into<String>) -> Error {
     Error::rejected(what.into(), Rule::ImageFormat, detail)
 }

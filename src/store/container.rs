@@ -206,6 +206,11 @@ fn make(
     for (d, mode) in [(&b"diff"[..], 0o755), (b"work", 0o700), (b"merged", 0o700)] {
         sys::mkdirat(&ctr, d, mode).map_err(e)?;
     }
+    // The merged root takes its attributes from the topmost layer's root, the upper's: give it
+    // the init layer's (the image's own, settled from the lowers), or `/` would turn 0755 root.
+    let init_root = sys::openat_dir(&init, b"diff").map_err(e)?;
+    let ctr_root = sys::openat_dir(&ctr, b"diff").map_err(e)?;
+    copy_root_attrs(&init_root, &ctr_root, ns).map_err(e)?;
 
     let _guard = store.lock()?;
     if store.container_records().iter().any(|c| c.name == name) {
@@ -246,6 +251,20 @@ fn make(
         store.put_container(&rec)
     })?;
     Ok((id, name))
+}
+
+/// Owner, xattrs (but the overlay markers), mode and times of `from` onto `to`.
+fn copy_root_attrs(from: &OwnedFd, to: &OwnedFd, ns: Namespace) -> io::Result<()> {
+    let st = sys::fstat(from)?;
+    sys::fchown(to, u64::from(st.st_uid), u64::from(st.st_gid))?;
+    let private = [ns.prefix(), b"overlay.".as_slice()].concat();
+    for (n, v) in sys::fget_all_xattrs(from.as_fd())? {
+        if !n.starts_with(&private) {
+            sys::fsetxattr(to, &n, &v)?;
+        }
+    }
+    sys::fchmod(to, st.st_mode & 0o7777)?;
+    sys::futimens(to, st.st_mtime, st.st_mtime_nsec as u32)
 }
 
 /// A short name no `l/` link has yet. Under the lock.
@@ -325,8 +344,7 @@ pub struct Inspect {
     pub id: String,
     /// `/NAME`, as docker writes it.
     pub name: String,
-    /// The image's config digest, when made from an image.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The image's config digest (null when made from layer files).
     pub image: Option<String>,
     /// When it was made.
     pub created: String,
@@ -353,7 +371,8 @@ pub struct GraphDriver {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GraphData {
-    /// Absolute diff dirs, `:`-separated: the init layer's first, then the image's topmost first.
+    /// Absolute diff dirs, `:`-separated (`:` and `\\` in a path escaped, as `mount` reads them):
+    /// the init layer's first, then the image's topmost first.
     pub lower_dir: String,
     /// The container's `diff`.
     pub upper_dir: String,
@@ -390,7 +409,7 @@ pub fn inspect(path: &Path, what: &str) -> Result<Inspect> {
                 lower_dir: d
                     .lowers
                     .iter()
-                    .map(|p| show(p))
+                    .map(|p| crate::overlay::escape_lowerdir(&show(p)))
                     .collect::<Vec<_>>()
                     .join(":"),
                 upper_dir: show(&d.upper),

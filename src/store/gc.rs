@@ -352,53 +352,54 @@ pub fn forget_image(path: &Path, what: &str, force: bool) -> Result<String> {
     Ok(rec.config.clone())
 }
 
+/// A layer `prune` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrunedLayer {
+    /// Its store id.
+    pub id: String,
+    /// The bytes its files held.
+    pub size: u64,
+}
+
 /// What `prune` freed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Pruned {
-    /// Layers removed, with the bytes each held.
-    pub layers: Vec<(String, u64)>,
+    /// Layers removed.
+    pub layers: Vec<PrunedLayer>,
     /// Other things tidied (staging dirs, links, records), one line each.
     pub tidied: Vec<String>,
     /// Total bytes of the layers removed.
     pub bytes: u64,
 }
 
-/// Layer dirs that overlay mounts of this host name (absolute `<store>/<id>/diff`, or `l/SHORT`
-/// of this store's links), read from `/proc/self/mountinfo`: a user's own mount of a printed
-/// lowerdir keeps its layers.
+/// Layer dirs that overlay mounts of this host name, read from `/proc/self/mountinfo`: a user's
+/// own mount of a printed lowerdir keeps its layers. A layer counts as named when an overlay's
+/// options hold `<id>/diff` (the id is a chainID, so this holds however the store was reached:
+/// a symlink, a relative path, a path the kernel shows escaped) or `l/SHORT` of its link.
 fn mounted_layers(store: &Store) -> HashSet<String> {
     let mut ids = HashSet::new();
     let Ok(info) = sys::read_file_at(rustix::fs::CWD, b"/proc/self/mountinfo") else {
         return ids;
     };
     let info = String::from_utf8_lossy(&info);
-    let opts: Vec<&str> = info.lines().filter(|l| l.contains(" - overlay ")).collect();
+    let opts: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split_once(" - ").map(|(_, rest)| rest))
+        .filter(|rest| rest.starts_with("overlay "))
+        .collect();
     if opts.is_empty() {
         return ids;
     }
-    let base = store.path.display().to_string();
-    let mut shorts: BTreeMap<String, String> = BTreeMap::new();
-    for n in sys::read_dir_names(&store.links).unwrap_or_default() {
-        if let Ok(t) = sys::readlinkat(&store.links, &n) {
-            if let Some(id) = t
-                .strip_prefix(b"../")
-                .and_then(|t| t.strip_suffix(b"/diff"))
-            {
-                shorts.insert(
-                    String::from_utf8_lossy(&n).into_owned(),
-                    String::from_utf8_lossy(id).into_owned(),
-                );
-            }
-        }
-    }
     for id in top_dirs(store).layers {
-        let abs = format!("{base}/{id}/diff");
-        if opts.iter().any(|l| l.contains(&abs)) {
-            ids.insert(id);
-        }
-    }
-    for (short, id) in shorts {
-        if opts.iter().any(|l| l.contains(&format!("l/{short}"))) {
+        let named = format!("{id}/diff");
+        let short = sys::read_file_at(&store.fd, format!("{id}/link").as_bytes())
+            .ok()
+            .filter(|l| layout::is_link_name(l))
+            .map(|l| format!("l/{}", String::from_utf8_lossy(&l)));
+        if opts
+            .iter()
+            .any(|o| o.contains(&named) || short.as_ref().is_some_and(|s| o.contains(s.as_str())))
+        {
             ids.insert(id);
         }
     }
@@ -413,7 +414,7 @@ pub fn prune(path: &Path) -> Result<Pruned> {
         tidied: repair(&store)?,
         ..Pruned::default()
     };
-    let doomed: Vec<(String, u64)> = {
+    let doomed: Vec<PrunedLayer> = {
         let _guard = store.lock()?;
         let mut used: HashSet<String> = store.pinned();
         for (_, r) in store.image_records() {
@@ -431,7 +432,7 @@ pub fn prune(path: &Path) -> Result<Pruned> {
             let size = diff_size(&store, &id);
             trash(&store, &id)?;
             let _ = sys::unlinkat(&store.layer_records, id.as_bytes(), false);
-            doomed.push((id, size));
+            doomed.push(PrunedLayer { id, size });
         }
         // Layer records whose layer is gone.
         for n in sys::read_dir_names(&store.layer_records).unwrap_or_default() {
@@ -442,7 +443,7 @@ pub fn prune(path: &Path) -> Result<Pruned> {
         out.tidied.extend(dangling_links(&store)?);
         doomed
     };
-    out.bytes = doomed.iter().map(|(_, b)| b).sum();
+    out.bytes = doomed.iter().map(|l| l.size).sum();
     out.layers = doomed;
     Ok(out)
 }

@@ -37,11 +37,17 @@ pub fn mount_overlay_in(dir: BorrowedFd<'_>, target: &[u8], data: &[u8]) -> io::
     })
 }
 
-/// Unmount `path` (lazily, as Docker's overlay2 does). `Ok(false)`: it was not a mount point.
+/// Unmount `path`. `Ok(false)`: it was not a mount point. Never lazily (Docker's overlay2
+/// detaches): a detached overlay still in use would keep reading and writing its layers while
+/// the next mount, `rm` or `prune` believes them free; a busy mount is an error (EBUSY).
 pub fn unmount(path: &Path) -> io::Result<bool> {
-    match rustix::mount::unmount(path, UnmountFlags::DETACH) {
+    match rustix::mount::unmount(path, UnmountFlags::empty()) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::INVAL) if !is_mount_point(path)? => Ok(false),
+        Err(rustix::io::Errno::BUSY) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "in use (a process has a file or its working directory there); stop it first",
+        )),
         Err(e) => Err(e.into()),
     }
 }

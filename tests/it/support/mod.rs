@@ -156,12 +156,18 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // Quiet: the test may have unmounted it already.
         let ok = Command::new("umount")
             .arg(&self.merged)
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.merged)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
