@@ -66,7 +66,7 @@ pub use image::{ImageMeta, ImageTarget, ManifestDescriptor};
 pub use input::{Input, Source};
 pub use output::BlobOptions;
 pub use overlay::read::upper::WalkOptions;
-pub use overlay::Namespace;
+pub use overlay::{escape_lowerdir, split_lowerdir, Namespace};
 pub use path::RelPath;
 pub use rootfs::{apply_image_rootfs, apply_rootfs, RootfsReport};
 pub use squash::{squash, squash_image, squash_to_file, ImageSquashReport, SquashOptions};

@@ -27,7 +27,7 @@ pub enum Command {
     Squash(SquashArgs),
     /// Make a container on a store: apply what is missing, then its init and writable layers.
     Create(CreateArgs),
-    /// Mount a container's overlay at <store>/<id>/merged (nothing to do when mounted).
+    /// Mount a container's overlay at `STORE/ID/merged` (nothing to do when mounted).
     Mount(ContainerArgs),
     /// Unmount a container's overlay (nothing to do when not mounted).
     Umount(ContainerArgs),
@@ -94,7 +94,7 @@ pub struct CommitArgs {
     /// Its id, a unique prefix of the id, or its name.
     #[arg(value_name = "CONTAINER")]
     pub container: String,
-    /// A layer file (.tar, .tar.gz, .tar.zst) or an image (oci:DIR[:REF], oci-archive:, docker-archive:).
+    /// A layer file (.tar, .tar.gz, .tar.zst) or an image (`oci:DIR[:REF]`, `oci-archive:`, `docker-archive:`).
     #[arg(short, long, value_name = "FILE|IMAGE")]
     pub output: PathBuf,
     /// Compression; default from the file's extension, gzip for an image.
