@@ -438,7 +438,7 @@ pub fn mount(path: &Path, what: &str) -> Result<PathBuf> {
     }
     // Every short link the mount names, re-made if a crash lost it.
     for id in &rec.layers {
-        store.names_of(id)?;
+        relink(&store, id)?;
     }
     for dir in [format!("{}-init", rec.id), rec.id.clone()] {
         relink(&store, &dir)?;

@@ -68,6 +68,14 @@ pub(crate) fn repair(store: &Store) -> Result<Vec<String>> {
         .into_iter()
         .map(|n| format!("staging {n}"))
         .collect();
+    for dir in [&store.containers, &store.images] {
+        for n in sys::read_dir_names(dir).unwrap_or_default() {
+            if n.starts_with(b".tmp-") {
+                let _ = sys::unlinkat(dir, &n, false);
+                done.push(format!("temp record {}", String::from_utf8_lossy(&n)));
+            }
+        }
+    }
     let records = store.container_records();
     let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
     let top = top_dirs(store);
@@ -425,7 +433,15 @@ pub fn prune(path: &Path) -> Result<Pruned> {
         }
         used.extend(mounted_layers(&store));
         let mut doomed = Vec::new();
-        for id in top_dirs(&store).layers {
+        // Children before their parents (deepest `lower` first): a kill part way leaves whole
+        // chains' bottoms, never a layer whose parent is gone.
+        let mut ids = top_dirs(&store).layers;
+        let depth = |id: &String| {
+            sys::read_file_at(&store.fd, format!("{id}/lower").as_bytes())
+                .map_or(0, |v| v.split(|b| *b == b':').count())
+        };
+        ids.sort_by_cached_key(|id| std::cmp::Reverse(depth(id)));
+        for id in ids {
             if used.contains(&id) {
                 continue;
             }

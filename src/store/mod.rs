@@ -326,6 +326,7 @@ impl Store {
         id: &str,
         parent: Option<&(String, Option<String>)>,
         diff_id: Option<&str>,
+        pins: &mut Vec<String>,
     ) -> Result<bool> {
         let staged = sys::openat_dir(run, k).map_err(|e| Error::io(&self.path, e))?;
         let e = |err: io::Error| Error::io(self.path.join(id), err);
@@ -335,7 +336,12 @@ impl Store {
             sys::mkdirat_exist_ok(&staged, b"work", 0o700).map_err(e)?;
         }
         let _guard = self.lock()?;
+        let pin = |pins: &mut Vec<String>| -> Result<()> {
+            pins.push(id.to_string());
+            self.pin(run, pins)
+        };
         if self.has(id) {
+            pin(pins)?;
             return Ok(false);
         }
         let link = loop {
@@ -357,7 +363,7 @@ impl Store {
             .map_err(e)?;
         }
         // The layer and its short link appear together, never split by a signal's cleanup.
-        staging::exclusive(|| {
+        let r = staging::exclusive(|| {
             match sys::rename_noreplace(run, k, &self.fd, id.as_bytes()) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
@@ -366,7 +372,9 @@ impl Store {
             let target = format!("../{id}/diff");
             sys::symlinkat(target.as_bytes(), &self.links, link.as_bytes()).map_err(e)?;
             Ok(true)
-        })
+        })?;
+        pin(pins)?;
+        Ok(r)
     }
 
     /// Record `image` (its ref, manifest, config and layers) so later commands know it:
@@ -533,7 +541,29 @@ fn run_stack(
     inputs: &[Input],
     opts: &ApplyOptions,
 ) -> Result<ApplyReport> {
-    let reused = precheck(store, inputs);
+    let mut reused = precheck(store, inputs);
+    // The layers found are pinned at once, under the lock: no prune takes them from here on.
+    let mut pins0 = Vec::new();
+    {
+        let _guard = store.lock()?;
+        let mut chain = Vec::new();
+        for k in 0..reused.len() {
+            let Some(d) = reused[k].clone() else { break };
+            chain.push(d);
+            let id = layout::id(&chain_id(&chain).expect("non-empty")).to_string();
+            if store.has(&id) {
+                pins0.push(id);
+            } else {
+                for r in &mut reused[k..] {
+                    *r = None;
+                }
+                break;
+            }
+        }
+        if !pins0.is_empty() {
+            store.pin(run, &pins0)?;
+        }
+    }
     let todo: Vec<usize> = (0..inputs.len()).filter(|&k| reused[k].is_none()).collect();
     // Stage dirs first (cheap), so workers only unpack.
     let mut roots: HashMap<usize, OwnedFd> = HashMap::new();
@@ -570,7 +600,7 @@ fn run_stack(
             let _ = work_tx.send((k, r));
         });
         drop(tx);
-        let r = commit_in_order(store, run, inputs, opts, &reused, &rx);
+        let r = commit_in_order(store, run, inputs, opts, &reused, &rx, pins0);
         if r.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
@@ -587,6 +617,7 @@ fn commit_in_order(
     opts: &ApplyOptions,
     reused: &[Option<String>],
     rx: &crossbeam_channel::Receiver<Unpacked>,
+    mut pins: Vec<String>,
 ) -> Result<ApplyReport> {
     let mut done: HashMap<usize, Result<(Unsettled<Stacked>, Digests)>> = HashMap::new();
     let mut lowers: Vec<OwnedFd> = Vec::new();
@@ -594,7 +625,6 @@ fn commit_in_order(
     let mut parent: Option<(String, Option<String>)> = None;
     let mut reports = Vec::new();
     let mut warnings = Vec::new();
-    let mut pins: Vec<String> = Vec::new();
     let mut shorts: Vec<String> = Vec::new();
     for (k, input) in inputs.iter().enumerate() {
         let label = input.label.as_str();
@@ -642,6 +672,7 @@ fn commit_in_order(
                     &id,
                     parent.as_ref(),
                     Some(&d.diff_id),
+                    &mut pins,
                 )
                 .map_err(|e| e.in_layer(label))?;
             store.remember(&d);
@@ -659,8 +690,10 @@ fn commit_in_order(
                     io::Error::other("removed by a concurrent prune; run again"),
                 ));
             }
-            pins.push(id.clone());
-            store.pin(run, &pins)?;
+            if !pins.contains(&id) {
+                pins.push(id.clone());
+                store.pin(run, &pins)?;
+            }
             if sys::lstatat(&store.layer_records, id.as_bytes()).is_err() {
                 // A layer from before layers had records.
                 let _ = sys::write_file_atomic(

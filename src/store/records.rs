@@ -74,6 +74,10 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &OwnedFd) -> Vec<(String, T)> {
     let mut names = sys::read_dir_names(dir).unwrap_or_default();
     names.sort();
     for n in names {
+        // `.tmp-*`: a record a killed writer never renamed into place.
+        if n.starts_with(b".") {
+            continue;
+        }
         let Some(stem) = n.strip_suffix(b".json") else {
             continue;
         };
