@@ -339,49 +339,14 @@ mkfifo fifo2
 ";
 
 fn layer_tars(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for (i, script) in TREES.iter().enumerate() {
-        let dir = root.join(format!("tree{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        sh(&dir, script);
-        let tar = root.join(format!("l{i}.tar"));
-        run(Command::new("tar")
-            .args([
-                "--format=pax",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--numeric-owner",
-            ])
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
-        out.push(tar);
-    }
-    out
-}
-
-/// `make_image.py OUT SPEC` with `layers` compressed as `compress` (one per layer).
-fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str]) -> PathBuf {
-    let ls: Vec<String> = layers
-        .iter()
-        .zip(compress)
-        .map(|(l, c)| format!(r#"{{"file": "{}", "compress": "{c}"}}"#, l.display()))
-        .collect();
-    let spec = format!(r#"{{"layers": [{}]}}"#, ls.join(", "));
-    run(Command::new(python())
-        .arg(support("make_image.py"))
-        .arg(out)
-        .arg(&spec));
-    out.to_path_buf()
+    tars_from_scripts(root, &TREES)
 }
 
 /// The three layers as the image `ROOT/base` (tag `t`; gzip and plain layers, which umoci 0.4
 /// reads): (layer tars, layout).
 fn base_image(root: &Path) -> (Vec<PathBuf>, PathBuf) {
     let tars = layer_tars(root);
-    let layout = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"]);
+    let layout = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
     (tars, layout)
 }
 
@@ -1346,7 +1311,7 @@ fn prune_keeps_what_anything_uses() {
     // A recorded image; a container of layer files; a container whose image was forgotten (-f).
     let (_, image_ids) = apply_store(&s.path, &[OsStr::new(&image)]);
     s.create("x", tars("x"));
-    let j_layout = make_image(&root.join("j"), &tars("j"), &["gzip", "none"]);
+    let j_layout = make_image(&root.join("j"), &tars("j"), &["gzip", "none"], "");
     let j = s.create("j", [format!("oci:{}:t", j_layout.display())]);
     run(s
         .lk("rmi")

@@ -19,27 +19,7 @@ fn layer_tars(root: &Path) -> Vec<PathBuf> {
          : > var/lib/x/.wh..wh..opq && echo c > var/lib/x/c && mkdir -p opt && echo o > opt/o",
         "mkdir -p usr && : > .wh.opt && echo new > usr/new && mkfifo usr/fifo",
     ];
-    let mut out = Vec::new();
-    for (i, script) in trees.iter().enumerate() {
-        let dir = root.join(format!("tree{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        sh(&dir, script);
-        let tar = root.join(format!("l{i}.tar"));
-        run(Command::new("tar")
-            .args([
-                "--format=pax",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--numeric-owner",
-            ])
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
-        out.push(tar);
-    }
-    out
+    tars_from_scripts(root, &trees)
 }
 
 /// The layout `layout` (tag `t`) as an oci-archive (GNU tar) and a docker-archive (skopeo,
@@ -67,27 +47,6 @@ fn base_image(root: &Path) -> (Vec<PathBuf>, PathBuf, String) {
     let base = make_image(&root.join("base"), &tars, &["gzip", "none", "gzip"], "");
     let base_ref = format!("oci:{}:t", base.display());
     (tars, base, base_ref)
-}
-
-/// `make_image.py OUT SPEC` with `layers` compressed as `compress` (one per layer).
-fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str) -> PathBuf {
-    let ls: Vec<String> = layers
-        .iter()
-        .zip(compress)
-        .map(|(l, c)| {
-            let (c, alg) = c.split_once('/').unwrap_or((c, "sha256"));
-            format!(
-                r#"{{"file": "{}", "compress": "{c}", "alg": "{alg}"}}"#,
-                l.display()
-            )
-        })
-        .collect();
-    let spec = format!(r#"{{"layers": [{}]{extra}}}"#, ls.join(", "));
-    run(Command::new(python())
-        .arg(support("make_image.py"))
-        .arg(out)
-        .arg(&spec));
-    out.to_path_buf()
 }
 
 fn layerapply_json(args: &[&str]) -> serde_json::Value {

@@ -731,3 +731,52 @@ pub fn gnu_tar(dir: &Path, out: &Path) {
         .arg(out)
         .arg("."));
 }
+
+/// A layer tar per shell script: each script builds a tree in `root/treeN`, which GNU tar (PAX,
+/// every xattr, numeric owners) writes to `root/lN.tar`; `.wh.` files are the OCI markers.
+pub fn tars_from_scripts(root: &Path, scripts: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let dir = root.join(format!("tree{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&dir, script);
+        let tar = root.join(format!("l{i}.tar"));
+        run(Command::new("tar")
+            .args([
+                "--format=pax",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+            ])
+            .arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        out.push(tar);
+    }
+    out
+}
+
+/// `make_image.py OUT SPEC`, the independent layout writer: `layers` compressed as `compress`
+/// (one per layer, `none|gzip|zstd`, optionally `/sha512`), `extra` appended to the spec's JSON
+/// object (e.g. `, "tamper": {...}`).
+pub fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str) -> PathBuf {
+    let ls: Vec<String> = layers
+        .iter()
+        .zip(compress)
+        .map(|(l, c)| {
+            let (c, alg) = c.split_once('/').unwrap_or((c, "sha256"));
+            format!(
+                r#"{{"file": "{}", "compress": "{c}", "alg": "{alg}"}}"#,
+                l.display()
+            )
+        })
+        .collect();
+    let spec = format!(r#"{{"layers": [{}]{extra}}}"#, ls.join(", "));
+    run(Command::new(python())
+        .arg(support("make_image.py"))
+        .arg(out)
+        .arg(&spec));
+    out.to_path_buf()
+}
