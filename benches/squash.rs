@@ -87,32 +87,14 @@ impl Cmd {
 }
 
 fn main() -> ExitCode {
-    let mut runs = 3;
-    let mut out_file: Option<PathBuf> = None;
-    let mut only: Vec<String> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--bench" => {}
-            "--runs" => match args.next().and_then(|n| n.parse().ok()) {
-                Some(n) if n > 0 => runs = n,
-                _ => {
-                    eprintln!("{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            "--out" => out_file = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            g if GROUPS.contains(&g) => only.push(g.to_string()),
-            other => {
-                eprintln!("unknown argument {other:?}\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let common::Args {
+        runs,
+        out_file,
+        only,
+    } = match common::Args::parse(USAGE, &GROUPS) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lk_src = std::env::var_os("LAYERKIT")
         .map(PathBuf::from)

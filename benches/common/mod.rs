@@ -1,5 +1,8 @@
-//! What both benches need: shell quoting and probes, and one timed run of a shell command under
+//! What the benches need: shell quoting and probes, and one timed run of a shell command under
 //! `/usr/bin/time` (wall seconds from `Instant`, peak RSS from `%M`), with medians.
+
+// Each bench compiles this module on its own and uses part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -150,5 +153,48 @@ impl Runs {
 
     pub fn min(&self) -> Option<f64> {
         min(&self.times)
+    }
+}
+
+/// What a bench was asked for: `[--runs N] [--out FILE] [GROUP...]`.
+pub struct Args {
+    pub runs: usize,
+    pub out_file: Option<std::path::PathBuf>,
+    /// Groups named (empty: all).
+    pub only: Vec<String>,
+}
+
+impl Args {
+    /// Parse the command line; `Err` is the exit code (usage printed, or `--help`).
+    pub fn parse(usage: &str, groups: &[&str]) -> Result<Args, std::process::ExitCode> {
+        let mut a = Args {
+            runs: 3,
+            out_file: None,
+            only: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--bench" => {}
+                "--runs" => match args.next().and_then(|n| n.parse().ok()) {
+                    Some(n) if n > 0 => a.runs = n,
+                    _ => {
+                        eprintln!("{usage}");
+                        return Err(std::process::ExitCode::from(2));
+                    }
+                },
+                "--out" => a.out_file = args.next().map(std::path::PathBuf::from),
+                "-h" | "--help" => {
+                    println!("{usage}");
+                    return Err(std::process::ExitCode::SUCCESS);
+                }
+                g if groups.contains(&g) => a.only.push(g.to_string()),
+                other => {
+                    eprintln!("unknown argument {other:?}\n{usage}");
+                    return Err(std::process::ExitCode::from(2));
+                }
+            }
+        }
+        Ok(a)
     }
 }
