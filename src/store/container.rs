@@ -168,9 +168,33 @@ fn make(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    let meta = Meta {
+        mode: 0o755,
+        mtime: now,
+        ..Meta::default()
+    };
+    let mut made_dirs: Vec<String> = Vec::new();
     for (p, what) in PLACEHOLDERS {
         if !wanted(&view, p).map_err(e)? {
             continue;
+        }
+        // A parent the image lacks is made as docker makes it (0755 root, now); the ones it has
+        // are left implied, so settling gives them the image's attributes.
+        let comps: Vec<&str> = p.split('/').collect();
+        for k in 1..comps.len() {
+            let parent = comps[..k].join("/");
+            if made_dirs.contains(&parent)
+                || !matches!(view.lookup(parent.as_bytes()).map_err(e)?, Found::Absent)
+            {
+                continue;
+            }
+            let dir = Entry {
+                path: RelPath::new(parent.as_bytes().to_vec()).expect("a clean placeholder path"),
+                kind: Kind::Dir,
+                meta: meta.clone(),
+            };
+            w.put(&dir, &mut io::empty())?;
+            made_dirs.push(parent);
         }
         let kind = match what {
             Placeholder::Dir => Kind::Dir,
@@ -182,11 +206,7 @@ fn make(
         let entry = Entry {
             path: RelPath::new(p.as_bytes().to_vec()).expect("a clean placeholder path"),
             kind,
-            meta: Meta {
-                mode: 0o755,
-                mtime: now,
-                ..Meta::default()
-            },
+            meta: meta.clone(),
         };
         w.put(&entry, &mut io::empty())?;
     }
