@@ -311,10 +311,19 @@ fn expand_lowers(args: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>>
             // A dir is a dir, whatever its name holds (a colon too).
             out.push(a.clone());
         } else if kind == Some(crate::sys::FileType::RegularFile) {
-            let text = crate::sys::read_file_at(rustix::fs::CWD, a.as_os_str().as_encoded_bytes())
-                .map_err(|e| Error::io(a, e))?;
-            let store = std::path::absolute(a)
-                .unwrap_or_else(|_| a.clone())
+            // Through any symlink to the real file: its store is the dir above its layer dir.
+            let real = std::fs::canonicalize(a).map_err(|e| Error::io(a, e))?;
+            let size = crate::sys::stat_path(&real, true).map_or(0, |st| st.st_size as u64);
+            if size > 64 << 10 {
+                return Err(Error::Usage(format!(
+                    "-l {}: a file of {size} bytes is not an overlay2 lower file",
+                    a.display()
+                )));
+            }
+            let text =
+                crate::sys::read_file_at(rustix::fs::CWD, real.as_os_str().as_encoded_bytes())
+                    .map_err(|e| Error::io(a, e))?;
+            let store = real
                 .parent()
                 .and_then(Path::parent)
                 .map(Path::to_path_buf)

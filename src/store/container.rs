@@ -90,6 +90,10 @@ pub fn create(
     };
     if let Some(n) = name {
         check_name(n)?;
+        // Before any work (and again under the lock at the end).
+        if let Ok(store) = Store::open_existing(path) {
+            name_free(&store, n)?;
+        }
     }
     let from: Vec<String> = match base {
         ContainerBase::Image(i) => vec![i.label.clone()],
@@ -99,6 +103,24 @@ pub fn create(
         make(store, run, report, image, name, from, opts.ns)
     })?;
     Ok(Created { id, name, apply })
+}
+
+/// A conflict with the store (exit 1), not a usage error.
+fn name_free(store: &Store, name: &str) -> Result<()> {
+    if store
+        .container_records()
+        .iter()
+        .any(|c| c.name == name || c.id == name)
+    {
+        return Err(Error::io(
+            &store.path,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("the name {name} is already in use"),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(n: &str) -> Result<()> {
@@ -131,12 +153,7 @@ fn make(
     raw[17..].copy_from_slice(&sys::random17().map_err(e)?);
     let id = hex::encode(&raw[..32]);
     let name = name.map_or_else(|| format!("lk-{}", &id[..12]), str::to_string);
-    if store.container_records().iter().any(|c| c.name == name) {
-        return Err(Error::Usage(format!(
-            "the name {name} is already in use in {}",
-            store.path.display()
-        )));
-    }
+    name_free(store, &name)?;
     let ids: Vec<String> = report
         .layers
         .iter()
@@ -233,12 +250,7 @@ fn make(
     copy_root_attrs(&init_root, &ctr_root, ns).map_err(e)?;
 
     let _guard = store.lock()?;
-    if store.container_records().iter().any(|c| c.name == name) {
-        return Err(Error::Usage(format!(
-            "the name {name} is already in use in {}",
-            store.path.display()
-        )));
-    }
+    name_free(store, &name)?;
     let init_link = fresh_link(store)?;
     sys::write_file_atomic(init.as_fd(), b"link", init_link.as_bytes(), 0o644).map_err(e)?;
     let ctr_link = loop {
@@ -453,18 +465,27 @@ pub fn mount(path: &Path, what: &str) -> Result<PathBuf> {
     let rec = store.find_container(what)?;
     let merged = store.path.join(&rec.id).join("merged");
     let e = |err: io::Error| Error::io(&merged, err);
+    // The container's own dirs must be dirs of the store, not symlinks out of it: mount(2)
+    // and umount(2) would follow them.
+    real_dir(&store, &rec.id)?;
+    if sys::lstatat(&store.fd, format!("{}/merged", rec.id).as_bytes()).is_err() {
+        // Docker's overlay2 removes `merged` on unmount; make it again.
+        sys::mkdirat(&store.fd, format!("{}/merged", rec.id).as_bytes(), 0o700).map_err(e)?;
+    }
+    for d in ["diff", "work", "merged"] {
+        real_dir(&store, &format!("{}/{d}", rec.id))?;
+    }
     if sys::is_mount_point(&merged).map_err(e)? {
         return Ok(merged);
     }
-    // Every short link the mount names, re-made if a crash lost it.
-    for id in &rec.layers {
-        relink(&store, id)?;
+    // The lowerdir is made from the record, each short link checked (and re-made if a crash lost
+    // it or something re-pointed it): never from a `lower` file's text, which could carry
+    // other mount options or name any dir of the host.
+    let mut lowers = vec![relink(&store, &format!("{}-init", rec.id))?];
+    for id in rec.layers.iter().rev() {
+        lowers.push(relink(&store, id)?);
     }
-    for dir in [format!("{}-init", rec.id), rec.id.clone()] {
-        relink(&store, &dir)?;
-    }
-    let lower = sys::read_file_at(&store.fd, format!("{}/lower", rec.id).as_bytes())
-        .map_err(|err| Error::io(store.path.join(&rec.id).join("lower"), err))?;
+    relink(&store, &rec.id)?;
     let mut data = String::new();
     if sys::stat_path(Path::new("/sys/module/overlay/parameters/index"), true).is_ok() {
         // As Docker: a layer is mounted in many places at once; the index would tie it to one.
@@ -475,7 +496,11 @@ pub fn mount(path: &Path, what: &str) -> Result<PathBuf> {
     }
     data.push_str(&format!(
         "lowerdir={},upperdir={id}/diff,workdir={id}/work",
-        String::from_utf8_lossy(&lower),
+        lowers
+            .iter()
+            .map(|l| format!("l/{l}"))
+            .collect::<Vec<_>>()
+            .join(":"),
         id = rec.id
     ));
     sys::mount_overlay_in(
@@ -492,9 +517,32 @@ pub fn mount(path: &Path, what: &str) -> Result<PathBuf> {
     Ok(merged)
 }
 
-/// The `l/` link of a container's layer dir, re-made if a crash lost it. Under the lock.
-fn relink(store: &Store, dir: &str) -> Result<()> {
+/// `dir` (relative to the store) is a directory itself, not a symlink to one.
+fn real_dir(store: &Store, dir: &str) -> Result<()> {
+    let st =
+        sys::lstatat(&store.fd, dir.as_bytes()).map_err(|e| Error::io(store.path.join(dir), e))?;
+    if sys::file_type(&st) != sys::FileType::Directory {
+        return Err(Error::io(
+            store.path.join(dir),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a directory of the store (a symlink?); refusing to mount there",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `l/` link of a store dir (a layer, an init layer or a container), checked to point at
+/// `../<dir>/diff` and re-made if a crash lost it or it points elsewhere; returns its short name.
+/// Under the lock.
+fn relink(store: &Store, dir: &str) -> Result<String> {
     let p = store.path.join(dir);
+    let plain = dir.strip_suffix("-init").unwrap_or(dir);
+    if !super::records::is_id(plain) {
+        return Err(Error::io(&p, io::Error::other("not a store dir name")));
+    }
+    real_dir(store, &format!("{dir}/diff"))?;
     let link = sys::read_file_at(&store.fd, format!("{dir}/link").as_bytes())
         .map_err(|e| Error::io(p.join("link"), e))?;
     if !layout::is_link_name(&link) {
@@ -503,11 +551,15 @@ fn relink(store: &Store, dir: &str) -> Result<()> {
             io::Error::new(io::ErrorKind::InvalidData, "not a 26-char link name"),
         ));
     }
-    if sys::lstatat(&store.links, &link).is_err() {
-        let t = format!("../{dir}/diff");
-        sys::symlinkat(t.as_bytes(), &store.links, &link).map_err(|e| Error::io(&p, e))?;
+    let want = format!("../{dir}/diff");
+    match sys::readlinkat(&store.links, &link) {
+        Ok(t) if t == want.as_bytes() => {}
+        Ok(_) | Err(_) => {
+            let _ = sys::unlinkat(&store.links, &link, false);
+            sys::symlinkat(want.as_bytes(), &store.links, &link).map_err(|e| Error::io(&p, e))?;
+        }
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&link).into_owned())
 }
 
 /// `layerkit umount`: `Ok(false)` when it was not mounted.
@@ -526,7 +578,7 @@ pub fn remove(path: &Path, what: &str, force: bool) -> Result<String> {
     let _guard = store.lock()?;
     let rec = store.find_container(what)?;
     let merged = store.path.join(&rec.id).join("merged");
-    if sys::is_mount_point(&merged).map_err(|e| Error::io(&merged, e))? {
+    if sys::is_mount_point(&merged).unwrap_or(true) {
         if !force {
             return Err(Error::io(
                 &merged,
@@ -537,6 +589,18 @@ pub fn remove(path: &Path, what: &str, force: bool) -> Result<String> {
             ));
         }
         sys::unmount(&merged).map_err(|e| Error::io(&merged, e))?;
+    }
+    if super::gc::container_in_use(&store, &rec.id) {
+        // A bind mount of it, a copy in another namespace, a mount made from inspect's dirs:
+        // taking its dirs would pull the upper from under a live overlay. Not even with -f.
+        return Err(Error::io(
+            store.path.join(&rec.id),
+            io::Error::other(format!(
+                "container {} is used by another overlay mount (a bind mount, another mount \
+                 namespace, a mount of inspect's dirs); unmount that first",
+                rec.name
+            )),
+        ));
     }
     super::gc::discard_container(&store, &rec.id)?;
     Ok(rec.id)

@@ -26,21 +26,24 @@ fn is_hex64(name: &[u8]) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// The dirs at the store's top level, split: layers, containers (with `merged`), init layers.
+/// The dirs at the store's top level, split: layers, containers, init layers. A container dir is
+/// one a record names, one with an `-init` sibling, or one with `merged` (never a layer's); the
+/// rest of the 64-hex dirs are layers.
 struct TopDirs {
     layers: Vec<String>,
     containers: Vec<String>,
     inits: Vec<String>,
 }
 
-fn top_dirs(store: &Store) -> TopDirs {
+fn top_dirs(store: &Store, known: &HashSet<String>) -> Result<TopDirs> {
     let mut t = TopDirs {
         layers: Vec::new(),
         containers: Vec::new(),
         inits: Vec::new(),
     };
-    let mut names = sys::read_dir_names(&store.fd).unwrap_or_default();
+    let mut names = sys::read_dir_names(&store.fd).map_err(|e| Error::io(&store.path, e))?;
     names.sort();
+    let all: HashSet<Vec<u8>> = names.iter().cloned().collect();
     for n in names {
         let s = String::from_utf8_lossy(&n).into_owned();
         if let Some(cid) = n.strip_suffix(b"-init") {
@@ -48,19 +51,96 @@ fn top_dirs(store: &Store) -> TopDirs {
                 t.inits.push(s);
             }
         } else if is_hex64(&n) {
-            if sys::lstatat(&store.fd, format!("{s}/merged").as_bytes()).is_ok() {
+            let container = known.contains(&s)
+                || all.contains(&[&n[..], b"-init"].concat())
+                || sys::lstatat(&store.fd, format!("{s}/merged").as_bytes()).is_ok();
+            if container {
                 t.containers.push(s);
             } else {
                 t.layers.push(s);
             }
         }
     }
-    t
+    Ok(t)
+}
+
+/// The ids of every container record file, readable or not: a record that cannot be parsed
+/// still claims its dirs (they are never taken as leftovers).
+fn claimed(store: &Store) -> Result<HashSet<String>> {
+    Ok(
+        super::records::stems(&store.containers, &store.path.join(".layerkit/containers"))?
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// The options of every overlay mount of this host, in every mount namespace a process is in
+/// (`/proc/*/mountinfo`, one per namespace): a layer a container runtime or a user's `unshare -m`
+/// mounted elsewhere is in use too.
+fn overlay_mounts() -> Vec<String> {
+    let mut seen_ns = HashSet::new();
+    let mut out = Vec::new();
+    let mut pids: Vec<Vec<u8>> = vec![b"self".to_vec()];
+    if let Ok(proc_dir) = sys::open_dir(Path::new("/proc")) {
+        pids.extend(
+            sys::read_dir_names(&proc_dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n.iter().all(u8::is_ascii_digit)),
+        );
+    }
+    for pid in pids {
+        let base = format!("/proc/{}", String::from_utf8_lossy(&pid));
+        let ns = sys::readlinkat(rustix::fs::CWD, format!("{base}/ns/mnt").as_bytes())
+            .unwrap_or_else(|_| pid.clone());
+        if !seen_ns.insert(ns) {
+            continue;
+        }
+        let Ok(info) = sys::read_file_at(rustix::fs::CWD, format!("{base}/mountinfo").as_bytes())
+        else {
+            continue;
+        };
+        for l in String::from_utf8_lossy(&info).lines() {
+            if let Some((_, rest)) = l.split_once(" - ") {
+                if rest.starts_with("overlay ") {
+                    out.push(rest.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether an overlay mount's options name the store dir `dir` (`<dir>/diff`, or `l/SHORT` of its
+/// link). `dir` is a chainID or a random container id, so the name holds however the store was
+/// reached (a symlink, a relative path, a path the kernel shows escaped).
+fn named_by(store: &Store, dir: &str, mounts: &[String]) -> bool {
+    let named = format!("{dir}/diff");
+    let short = sys::read_file_at(&store.fd, format!("{dir}/link").as_bytes())
+        .ok()
+        .filter(|l| layout::is_link_name(l))
+        .map(|l| format!("l/{}", String::from_utf8_lossy(&l)));
+    mounts
+        .iter()
+        .any(|o| o.contains(&named) || short.as_ref().is_some_and(|s| o.contains(s.as_str())))
+}
+
+/// Whether container `id` is in use: its `merged` is a mount point (when the kernel cannot tell,
+/// it counts as used), or any overlay mount anywhere names its layer dirs (a bind mount of it, a
+/// copy in another namespace, a mount made by hand from `inspect`).
+pub(crate) fn container_in_use(store: &Store, id: &str) -> bool {
+    let merged = store.path.join(id).join("merged");
+    if sys::is_mount_point(&merged).unwrap_or(true) {
+        return true;
+    }
+    let mounts = overlay_mounts();
+    named_by(store, id, &mounts) || named_by(store, &format!("{id}-init"), &mounts)
 }
 
 /// Take what an interrupted command left: staging dirs of dead runs, container dirs no record
 /// names (an interrupted create or rm), records whose dirs are gone, links that point nowhere.
-/// Returns what it removed, one line each.
+/// Nothing in use is touched, and a store it cannot read stops it. Returns what it removed, one
+/// line each.
 pub(crate) fn repair(store: &Store) -> Result<Vec<String>> {
     let _guard = store.lock()?;
     let mut done: Vec<String> = store
@@ -69,7 +149,7 @@ pub(crate) fn repair(store: &Store) -> Result<Vec<String>> {
         .map(|n| format!("staging {n}"))
         .collect();
     for dir in [&store.containers, &store.images] {
-        for n in sys::read_dir_names(dir).unwrap_or_default() {
+        for n in sys::read_dir_names(dir).map_err(|e| Error::io(&store.path, e))? {
             if n.starts_with(b".tmp-") {
                 let _ = sys::unlinkat(dir, &n, false);
                 done.push(format!("temp record {}", String::from_utf8_lossy(&n)));
@@ -77,8 +157,8 @@ pub(crate) fn repair(store: &Store) -> Result<Vec<String>> {
         }
     }
     let records = store.container_records();
-    let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    let top = top_dirs(store);
+    let known = claimed(store)?;
+    let top = top_dirs(store, &known)?;
     let mut leftovers = Vec::new();
     for c in &top.containers {
         if !known.contains(c.as_str()) {
@@ -86,26 +166,27 @@ pub(crate) fn repair(store: &Store) -> Result<Vec<String>> {
         }
     }
     for i in &top.inits {
+        // Taken only with its container's dirs, and never while that container is in use
+        // (checked below): an init layer is a live overlay's lowest lower.
         if !known.contains(&i[..64]) {
             leftovers.push(i.clone());
         }
     }
     for r in &records {
         let whole = top.containers.contains(&r.id) && top.inits.contains(&format!("{}-init", r.id));
-        if !whole {
+        if !whole && !container_in_use(store, &r.id) {
             // An rm or create that died part way: finish taking it away.
-            store.drop_container(&r.id)?;
-            done.push(format!("container record {} (its dirs were gone)", r.id));
             for d in [r.id.clone(), format!("{}-init", r.id)] {
                 if top.containers.contains(&d) || top.inits.contains(&d) {
                     leftovers.push(d);
                 }
             }
+            store.drop_container(&r.id)?;
+            done.push(format!("container record {} (its dirs were gone)", r.id));
         }
     }
     for d in leftovers {
-        let merged = store.path.join(&d).join("merged");
-        if sys::is_mount_point(&merged).unwrap_or(false) {
+        if container_in_use(store, &d[..64]) {
             continue; // never what is mounted
         }
         trash(store, &d)?;
@@ -145,6 +226,13 @@ fn dangling_links(store: &Store) -> Result<Vec<String>> {
 /// Drops its `l/` link. Under the lock.
 fn trash(store: &Store, dir: &str) -> Result<()> {
     let e = |err: io::Error| Error::io(store.path.join(dir), err);
+    let plain = dir.strip_suffix("-init").unwrap_or(dir);
+    if !is_hex64(plain.as_bytes()) {
+        return Err(e(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a store dir name; refusing to remove it",
+        )));
+    }
     if let Ok(link) = sys::read_file_at(&store.fd, format!("{dir}/link").as_bytes()) {
         if layout::is_link_name(&link) {
             let _ = sys::unlinkat(&store.links, &link, false);
@@ -270,7 +358,7 @@ pub fn list(path: &Path) -> Result<Listing> {
             users.entry(l.clone()).or_default().push(c.name.clone());
         }
     }
-    let layers = top_dirs(&store)
+    let layers = top_dirs(&store, &claimed(&store)?)?
         .layers
         .into_iter()
         .map(|id| LayerInfo {
@@ -380,38 +468,15 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
-/// Layer dirs that overlay mounts of this host name, read from `/proc/self/mountinfo`: a user's
-/// own mount of a printed lowerdir keeps its layers. A layer counts as named when an overlay's
-/// options hold `<id>/diff` (the id is a chainID, so this holds however the store was reached:
-/// a symlink, a relative path, a path the kernel shows escaped) or `l/SHORT` of its link.
-fn mounted_layers(store: &Store) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let Ok(info) = sys::read_file_at(rustix::fs::CWD, b"/proc/self/mountinfo") else {
-        return ids;
-    };
-    let info = String::from_utf8_lossy(&info);
-    let opts: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split_once(" - ").map(|(_, rest)| rest))
-        .filter(|rest| rest.starts_with("overlay "))
-        .collect();
-    if opts.is_empty() {
-        return ids;
-    }
-    for id in top_dirs(store).layers {
-        let named = format!("{id}/diff");
-        let short = sys::read_file_at(&store.fd, format!("{id}/link").as_bytes())
-            .ok()
-            .filter(|l| layout::is_link_name(l))
-            .map(|l| format!("l/{}", String::from_utf8_lossy(&l)));
-        if opts
-            .iter()
-            .any(|o| o.contains(&named) || short.as_ref().is_some_and(|s| o.contains(s.as_str())))
-        {
-            ids.insert(id);
-        }
-    }
-    ids
+/// Layer dirs that overlay mounts name, in any mount namespace: a user's own mount of a printed
+/// lowerdir keeps its layers.
+fn mounted_layers(store: &Store, layers: &[String]) -> HashSet<String> {
+    let mounts = overlay_mounts();
+    layers
+        .iter()
+        .filter(|id| named_by(store, id, &mounts))
+        .cloned()
+        .collect()
 }
 
 /// `layerkit prune`: remove layers that no image, container, live run or mount uses, plus what
@@ -431,11 +496,12 @@ pub fn prune(path: &Path) -> Result<Pruned> {
         for c in store.container_records() {
             used.extend(c.layers);
         }
-        used.extend(mounted_layers(&store));
+        let layers = top_dirs(&store, &claimed(&store)?)?.layers;
+        used.extend(mounted_layers(&store, &layers));
         let mut doomed = Vec::new();
         // Children before their parents (deepest `lower` first): a kill part way leaves whole
         // chains' bottoms, never a layer whose parent is gone.
-        let mut ids = top_dirs(&store).layers;
+        let mut ids = layers;
         let depth = |id: &String| {
             sys::read_file_at(&store.fd, format!("{id}/lower").as_bytes())
                 .map_or(0, |v| v.split(|b| *b == b':').count())

@@ -67,9 +67,51 @@ fn bad(path: String, e: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Every `*.json` record in `dir`, parsed; unreadable ones are skipped (a record is written
-/// atomically, so only another program's file can be half).
-fn read_all<T: for<'de> Deserialize<'de>>(dir: &OwnedFd) -> Vec<(String, T)> {
+/// Whether `s` is a store or container id: 64 lowercase hex chars, nothing that could name
+/// another place when joined into a path.
+pub(crate) fn is_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What every record must hold before any of it names a path: ids that are ids.
+trait Checked {
+    /// Whether the record is sound for the file stem it was read from.
+    fn sound(&self, stem: &str) -> bool;
+}
+
+impl Checked for ContainerRecord {
+    fn sound(&self, stem: &str) -> bool {
+        self.id == stem && is_id(&self.id) && self.layers.iter().all(|l| is_id(l))
+    }
+}
+
+impl Checked for ImageRecord {
+    fn sound(&self, stem: &str) -> bool {
+        is_id(stem) && self.layers.iter().all(|l| is_id(l))
+    }
+}
+
+/// The stems of every `*.json` record in `dir` (parsed or not: a record that cannot be read still
+/// claims its name). A dir that cannot be listed is an error, never "no records".
+pub(crate) fn stems(dir: &OwnedFd, path: &std::path::Path) -> Result<Vec<String>> {
+    let mut names = sys::read_dir_names(dir).map_err(|e| Error::io(path, e))?;
+    names.sort();
+    Ok(names
+        .into_iter()
+        .filter(|n| !n.starts_with(b"."))
+        .filter_map(|n| {
+            n.strip_suffix(b".json")
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+        })
+        .collect())
+}
+
+/// Every sound `*.json` record in `dir`, parsed; unreadable or unsound ones are left out (a record
+/// is written atomically, so only another program's file can be half or hostile; they are never
+/// acted on).
+fn read_all<T: for<'de> Deserialize<'de> + Checked>(dir: &OwnedFd) -> Vec<(String, T)> {
     let mut out = Vec::new();
     let mut names = sys::read_dir_names(dir).unwrap_or_default();
     names.sort();
@@ -84,8 +126,11 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &OwnedFd) -> Vec<(String, T)> {
         let Ok(bytes) = sys::read_file_at(dir, &n) else {
             continue;
         };
-        if let Ok(rec) = serde_json::from_slice(&bytes) {
-            out.push((String::from_utf8_lossy(stem).into_owned(), rec));
+        let stem = String::from_utf8_lossy(stem).into_owned();
+        if let Ok(rec) = serde_json::from_slice::<T>(&bytes) {
+            if rec.sound(&stem) {
+                out.push((stem, rec));
+            }
         }
     }
     out
@@ -119,6 +164,9 @@ impl Store {
 
     /// Remove a container record. Under the lock.
     pub(crate) fn drop_container(&self, id: &str) -> Result<()> {
+        if !is_id(id) {
+            return Err(bad(id.to_string(), "not a container id"));
+        }
         let name = format!("{id}.json");
         match sys::unlinkat(&self.containers, name.as_bytes(), false) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(
@@ -159,7 +207,11 @@ impl Store {
     /// The container named `what`: its full id, its name, or a unique prefix of its id.
     pub(crate) fn find_container(&self, what: &str) -> Result<ContainerRecord> {
         let all = self.container_records();
-        if let Some(c) = all.iter().find(|c| c.id == what || c.name == what) {
+        // A full id first, as docker: a name can never shadow an id.
+        if let Some(c) = all.iter().find(|c| c.id == what) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = all.iter().find(|c| c.name == what) {
             return Ok(c.clone());
         }
         let hits: Vec<&ContainerRecord> = all

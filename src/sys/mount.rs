@@ -41,7 +41,7 @@ pub fn mount_overlay_in(dir: BorrowedFd<'_>, target: &[u8], data: &[u8]) -> io::
 /// detaches): a detached overlay still in use would keep reading and writing its layers while
 /// the next mount, `rm` or `prune` believes them free; a busy mount is an error (EBUSY).
 pub fn unmount(path: &Path) -> io::Result<bool> {
-    match rustix::mount::unmount(path, UnmountFlags::empty()) {
+    match rustix::mount::unmount(path, UnmountFlags::NOFOLLOW) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::INVAL) if !is_mount_point(path)? => Ok(false),
         Err(rustix::io::Errno::BUSY) => Err(io::Error::new(

@@ -1777,3 +1777,108 @@ fn inspect_lowerdir_mounts_when_the_store_path_has_a_colon() {
     );
     assert_same(&kernel, &dump_tree(&hand), "hand mount vs layerkit mount");
 }
+
+/// A store's records and dirs are data, never trusted as paths: a record whose id names a place
+/// outside the store is ignored (nothing there is deleted, mounted or unmounted); a `lower` file
+/// cannot add mount options or lowers; a symlinked `merged` is refused; a record that cannot be
+/// parsed still keeps its container's dirs; a container whose `merged` was removed (as Docker's
+/// overlay2 does on unmount) is still a container; a bind mount of a container keeps `rm -f` off.
+#[test]
+fn a_tampered_store_is_never_trusted_as_paths() {
+    if !need_root("overlay mounts of containers") {
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let dir = root.join("tars");
+    gen_layers(&dir, "=== a\nf a data=a\n");
+    let tar = dir.join("a.tar");
+    let s = Store::new(root.join("s"));
+    let id = s.create("c", [&tar]);
+
+    // 1. A hostile record: its id points out of the store. ls must neither delete the victim
+    //    nor list it.
+    let victim = root.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("data.json"), "keep").unwrap();
+    let evil = format!(
+        r#"{{"id":"../../../../../../../..{}/data","name":"evil","image":null,"from":[],"layers":[],"diffIDs":[],"created":"x"}}"#,
+        victim.display()
+    );
+    std::fs::write(s.path.join(".layerkit/containers/evil.json"), evil).unwrap();
+    let ls: Value = serde_json::from_str(&stdout_of(s.lk("ls").arg("--json"))).unwrap();
+    assert_eq!(std::fs::read(victim.join("data.json")).unwrap(), b"keep");
+    let names: Vec<&str> = ls["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c"], "the hostile record is not a container");
+    refused(s.lk("rm").arg("evil"), 1);
+
+    // 2. A `lower` file with extra options and a host dir: the mount takes its lowers from the
+    //    record, not from that text.
+    let lower = s.path.join(&id).join("lower");
+    let orig = std::fs::read_to_string(&lower).unwrap();
+    std::fs::write(&lower, format!("{orig}:{},metacopy=on", victim.display())).unwrap();
+    let (merged, guard) = s.mount("c");
+    let opts = overlay_mounts_at(&merged).join(" ");
+    assert!(!opts.contains("metacopy=on"), "{opts}");
+    assert!(!opts.contains(victim.to_str().unwrap()), "{opts}");
+    assert!(!merged.join("data.json").exists());
+    drop(guard);
+    std::fs::write(&lower, orig).unwrap();
+
+    // 3. A symlinked `merged` is refused, and nothing is mounted where it points.
+    let target = root.join("elsewhere");
+    std::fs::create_dir_all(&target).unwrap();
+    let m = s.path.join(&id).join("merged");
+    std::fs::remove_dir(&m).unwrap();
+    std::os::unix::fs::symlink(&target, &m).unwrap();
+    refused(s.lk("mount").arg("c"), 1);
+    assert!(
+        overlay_mounts_at(&target).is_empty(),
+        "mounted through the symlink"
+    );
+    std::fs::remove_file(&m).unwrap();
+
+    // 4. `merged` gone (Docker removes it on unmount): still a container; mount makes it again,
+    //    and prune keeps its upper and image layer.
+    std::fs::write(s.path.join(&id).join("diff/mine"), "mine").unwrap();
+    run(&mut s.lk("prune"));
+    assert!(
+        s.path.join(&id).join("diff/mine").exists(),
+        "prune took the upper"
+    );
+    let (merged, guard) = s.mount("c");
+    assert_eq!(std::fs::read(merged.join("mine")).unwrap(), b"mine");
+    assert_eq!(std::fs::read(merged.join("a")).unwrap(), b"a");
+
+    // 5. A bind mount of the container: rm -f unmounts `merged` but refuses to take the dirs.
+    let bind = root.join("bind");
+    std::fs::create_dir_all(&bind).unwrap();
+    run(Command::new("mount").arg("--bind").arg(&merged).arg(&bind));
+    let _bind_guard = Mount::guard(&bind);
+    drop(guard);
+    refused(s.lk("rm").args(["-f", "c"]), 1);
+    assert_eq!(std::fs::read(bind.join("mine")).unwrap(), b"mine");
+    assert!(s.path.join(&id).join("diff/mine").exists());
+    drop(_bind_guard);
+
+    // 6. A record that cannot be parsed still keeps its container's dirs.
+    let rec = s.path.join(format!(".layerkit/containers/{id}.json"));
+    let good = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, "{\"truncated\":").unwrap();
+    run(&mut s.lk("ls"));
+    run(&mut s.lk("prune"));
+    assert!(
+        s.path.join(&id).join("diff/mine").exists(),
+        "dirs of an unreadable record"
+    );
+    assert!(s.path.join(format!("{id}-init")).exists());
+    std::fs::write(&rec, good).unwrap();
+    std::fs::remove_file(s.path.join(".layerkit/containers/evil.json")).unwrap();
+    run(s.lk("rm").arg("c"));
+    assert!(!s.path.join(&id).exists());
+}
