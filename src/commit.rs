@@ -7,19 +7,14 @@ use std::path::Path;
 use crate::diff::{diff_to_file, diff_to_image, DiffOptions, DiffReport, ImageDiffReport};
 use crate::error::{Error, Result};
 use crate::image::{ImageMeta, ImageRef, ImageTarget};
-use crate::store::container::{container_dirs, image_source};
+use crate::store::container::hold;
 
-/// `opts` for container `what`'s upper: its lowers and marker namespace, as the store has them.
-fn with_dirs(
-    store: &Path,
-    what: &str,
-    opts: &DiffOptions,
-) -> Result<(std::path::PathBuf, DiffOptions)> {
-    let d = container_dirs(store, what)?;
+/// `opts` for a held container's upper: its lowers and marker namespace, as the store has them.
+fn with_dirs(d: &crate::store::container::ContainerDirs, opts: &DiffOptions) -> DiffOptions {
     let mut opts = opts.clone();
     opts.walk.ns = d.ns;
-    opts.walk.lowers = d.lowers;
-    Ok((d.upper, opts))
+    opts.walk.lowers = d.lowers.clone();
+    opts
 }
 
 /// The changes of container `what` (id, name or id prefix) in the store at `store`, as a layer
@@ -30,8 +25,9 @@ pub fn commit_to_file(
     out: &Path,
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
-    let (upper, opts) = with_dirs(store, what, opts)?;
-    diff_to_file(&upper, out, &opts)
+    // Held (resolved once, pinned) until the layer is written: no rm or prune in between.
+    let held = hold(store, what)?;
+    diff_to_file(&held.dirs.upper, out, &with_dirs(&held.dirs, opts))
 }
 
 /// The container's image plus its changes as a new top layer, written to `target`. The image's
@@ -44,7 +40,8 @@ pub fn commit_to_image(
     opts: &DiffOptions,
     meta: &ImageMeta,
 ) -> Result<ImageDiffReport> {
-    let base = match image_source(store, what)? {
+    let held = hold(store, what)?;
+    let base = match held.source.clone() {
         Some((source, platform, config)) => {
             let r = ImageRef::parse(&source)
                 .ok_or_else(|| Error::Usage(format!("{source}: not an image reference")))?;
@@ -58,6 +55,11 @@ pub fn commit_to_image(
             )))
         }
     };
-    let (upper, opts) = with_dirs(store, what, opts)?;
-    diff_to_image(&upper, target, Some(&base), &opts, meta)
+    diff_to_image(
+        &held.dirs.upper,
+        target,
+        Some(&base),
+        &with_dirs(&held.dirs, opts),
+        meta,
+    )
 }

@@ -590,6 +590,15 @@ pub fn remove(path: &Path, what: &str, force: bool) -> Result<String> {
         }
         sys::unmount(&merged).map_err(|e| Error::io(&merged, e))?;
     }
+    if store.pinned().contains(&rec.id) {
+        return Err(Error::io(
+            store.path.join(&rec.id),
+            io::Error::other(format!(
+                "container {} is being committed; try again when that ends",
+                rec.name
+            )),
+        ));
+    }
     if super::gc::container_in_use(&store, &rec.id) {
         // A bind mount of it, a copy in another namespace, a mount made from inspect's dirs:
         // taking its dirs would pull the upper from under a live overlay. Not even with -f.
@@ -609,13 +618,11 @@ pub fn remove(path: &Path, what: &str, force: bool) -> Result<String> {
 /// Where a container's image can be read again (for `commit -o IMAGE`): the recorded source
 /// reference, the platform its config names, and the config digest it must still have. `None`
 /// for a container made from layer files.
-pub fn image_source(
-    path: &Path,
-    what: &str,
+fn source_of(
+    store: &Store,
+    rec: &ContainerRecord,
 ) -> Result<Option<(String, crate::image::PlatformChoice, String)>> {
-    let store = Store::open_existing(path)?;
-    let rec = store.find_container(what)?;
-    let Some(config) = rec.image else {
+    let Some(config) = rec.image.clone() else {
         return Ok(None);
     };
     let hex = layout::id(&config).to_string();
@@ -646,4 +653,32 @@ pub fn image_source(
         platform,
         config,
     )))
+}
+
+/// A container held for a commit: resolved once, and pinned (with its layers) by a run of its
+/// own until dropped, so `rm` refuses it and `prune` keeps its lowers meanwhile.
+pub(crate) struct Held {
+    /// Its dirs.
+    pub dirs: ContainerDirs,
+    /// Where its image can be read again, if it has one.
+    pub source: Option<(String, crate::image::PlatformChoice, String)>,
+    _run: (staging::Registered, OwnedFd, OwnedFd),
+}
+
+/// Hold container `what` for a commit.
+pub(crate) fn hold(path: &Path, what: &str) -> Result<Held> {
+    let store = Store::open_existing(path)?;
+    super::gc::repair(&store)?;
+    let _guard = store.lock()?;
+    let rec = store.find_container(what)?;
+    let run = store.new_run()?;
+    let mut pins = vec![rec.id.clone()];
+    pins.extend(rec.layers.iter().cloned());
+    store.pin(&run.1, &pins)?;
+    let source = source_of(&store, &rec)?;
+    Ok(Held {
+        dirs: dirs_of(&store, rec),
+        source,
+        _run: run,
+    })
 }

@@ -1882,3 +1882,60 @@ fn a_tampered_store_is_never_trusted_as_paths() {
     run(s.lk("rm").arg("c"));
     assert!(!s.path.join(&id).exists());
 }
+
+/// A commit holds its container from start to end: an `rm` meanwhile is refused (it would pull
+/// the upper from under the diff), and the commit completes with the container's changes.
+#[test]
+fn rm_waits_for_a_commit_in_progress() {
+    if !need_root("overlay mounts of containers") {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("LAYERKIT_REQUIRE_ROOT").is_none(),
+            "strace is needed (CI installs it)"
+        );
+        eprintln!("skipped: no strace");
+        return;
+    }
+    let t = scratch();
+    let root = t.path();
+    let dir = root.join("tars");
+    gen_layers(&dir, "=== a\nf a data=a\n");
+    let s = Store::new(root.join("s"));
+    let id = s.create("c", [dir.join("a.tar")]);
+    std::fs::write(s.path.join(&id).join("diff/new"), "new").unwrap();
+    // The commit, its writes slowed to 0.2 s each, so it is surely in progress below.
+    let out = root.join("c.tar");
+    let mut commit = Command::new("strace");
+    commit
+        .args(["-f", "-o", "/dev/null", "-e", "trace=write", "-e"])
+        .arg("inject=write:delay_enter=200000")
+        .arg(env!("CARGO_BIN_EXE_layerkit"))
+        .args(["commit", "--store"])
+        .arg(&s.path)
+        .args(["c", "-o"])
+        .arg(&out);
+    let mut child = commit.spawn().unwrap();
+    // Wait until the commit holds the container (its run's pins name it).
+    let staging = s.path.join(".layerkit/staging");
+    let held = || {
+        std::fs::read_dir(&staging).unwrap().any(|e| {
+            std::fs::read_to_string(e.unwrap().path().join("pins")).is_ok_and(|p| p.contains(&id))
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while !held() {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "the commit never held the container"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = refused(s.lk("rm").arg("c"), 1);
+    assert!(err.contains("being committed"), "{err}");
+    assert!(child.wait().unwrap().success(), "the commit completes");
+    let names: Vec<String> = tar_members(&out).into_iter().map(|m| m.name).collect();
+    assert!(names.iter().any(|n| n == "new"), "{names:?}");
+    run(s.lk("rm").arg("c"));
+}
