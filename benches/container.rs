@@ -22,7 +22,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // bench code: std::fs is fine here
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 mod common;
@@ -104,15 +104,12 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lk_src = std::env::var_os("LAYERKIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/layerkit"));
-    let corpus =
-        PathBuf::from(std::env::var_os("LAYERKIT_CORPUS").unwrap_or_else(|| "/work/corpus".into()));
-    let tmp = PathBuf::from(
-        std::env::var_os("BENCH_TMP").unwrap_or_else(|| "/var/tmp/layerkit-bench-container".into()),
-    );
+    let common::Paths {
+        root,
+        bin: lk_src,
+        corpus,
+        tmp,
+    } = common::Paths::from_env("LAYERKIT", "layerkit", "/var/tmp/layerkit-bench-container");
     let image = corpus.join("oci/image-gzip");
     if !image.join("index.json").exists() || !corpus.join("upper/upper1").exists() {
         println!(

@@ -95,15 +95,12 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lk_src = std::env::var_os("LAYERKIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/layerkit"));
-    let corpus =
-        PathBuf::from(std::env::var_os("LAYERKIT_CORPUS").unwrap_or_else(|| "/work/corpus".into()));
-    let tmp = PathBuf::from(
-        std::env::var_os("BENCH_TMP").unwrap_or_else(|| "/var/tmp/layerkit-bench-squash".into()),
-    );
+    let common::Paths {
+        root,
+        bin: lk_src,
+        corpus,
+        tmp,
+    } = common::Paths::from_env("LAYERKIT", "layerkit", "/var/tmp/layerkit-bench-squash");
     let layers = corpus.join("layers");
     if !layers.join("L2.tar").exists() {
         println!(

@@ -198,3 +198,25 @@ impl Args {
         Ok(a)
     }
 }
+
+/// Where a bench finds things: the repo, the built binary (`$env_bin`, default
+/// `target/release/NAME`), the corpus (`$LAYERKIT_CORPUS`) and its scratch dir (`$BENCH_TMP`).
+pub struct Paths {
+    pub root: std::path::PathBuf,
+    pub bin: std::path::PathBuf,
+    pub corpus: std::path::PathBuf,
+    pub tmp: std::path::PathBuf,
+}
+
+impl Paths {
+    pub fn from_env(env_bin: &str, name: &str, default_tmp: &str) -> Paths {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let var = |k: &str| std::env::var_os(k).map(std::path::PathBuf::from);
+        Paths {
+            bin: var(env_bin).unwrap_or_else(|| root.join("target/release").join(name)),
+            corpus: var("LAYERKIT_CORPUS").unwrap_or_else(|| "/work/corpus".into()),
+            tmp: var("BENCH_TMP").unwrap_or_else(|| default_tmp.into()),
+            root,
+        }
+    }
+}

@@ -132,6 +132,13 @@ fn watch(inputs: Vec<Input>, m: &Option<Arc<Meter>>) -> Vec<Input> {
     }
 }
 
+/// What the job says a user should hear about, one line each.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {}", one_line(w));
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.replace('\n', "\\n")
 }
@@ -174,6 +181,23 @@ fn compression(
     Ok(c)
 }
 
+/// The blob's compression where `-o` may name an image: `-c`, else `image_default` for an image,
+/// else from the file's name; checked with the level before any work.
+fn out_compression(
+    image_out: bool,
+    image_default: Compression,
+    flag: Option<Compression>,
+    level: Option<i32>,
+    output: &Path,
+) -> Result<Compression> {
+    if !image_out {
+        return compression(flag, level, Some(output));
+    }
+    let c = flag.unwrap_or(image_default);
+    c.level(level).map_err(Error::Usage)?;
+    Ok(c)
+}
+
 fn run_diff(a: DiffArgs) -> Result<()> {
     let m = meter(a.quiet);
     let r = run_diff_with(a, &m);
@@ -205,9 +229,7 @@ fn run_diff_with(a: DiffArgs, m: &Option<Arc<Meter>>) -> Result<()> {
     } else {
         diff_to_file(&a.upper, a.output.as_deref().expect("checked"), &opts)?
     };
-    for w in &report.warnings {
-        eprintln!("warning: {}", one_line(w));
-    }
+    warn(&report.warnings);
     if a.json {
         let mut out = io::stdout().lock();
         let json = serde_json::to_string(&report.descriptor).expect("serialisable");
@@ -235,12 +257,7 @@ fn run_squash_image(a: &SquashArgs, image: ImageRef, m: &Option<Arc<Meter>>) -> 
     } else {
         Compression::None
     };
-    let compression = match (&out, a.compression) {
-        (_, Some(c)) => c,
-        (Some(_), None) => inherited,
-        (None, None) => compression(None, a.level, Some(&a.output))?,
-    };
-    compression.level(a.level).map_err(Error::Usage)?;
+    let compression = out_compression(out.is_some(), inherited, a.compression, a.level, &a.output)?;
     let opts = SquashOptions {
         blob: BlobOptions {
             compression,
@@ -359,17 +376,20 @@ fn run_diff_image(a: &DiffArgs, target: ImageRef, m: &Option<Arc<Meter>>) -> Res
         }
         None => None,
     };
-    let compression = a.compression.unwrap_or(Compression::Gzip);
-    compression.level(a.level).map_err(Error::Usage)?;
+    let compression = out_compression(
+        true,
+        Compression::Gzip,
+        a.compression,
+        a.level,
+        Path::new(""),
+    )?;
     let opts = diff_options(a, compression)?;
     let meta = ImageMeta {
         created: a.source_date_epoch,
         message: a.message.clone(),
     };
     let report = diff_to_image(&a.upper, &target.target(), base.as_ref(), &opts, &meta)?;
-    for w in &report.warnings {
-        eprintln!("warning: {}", one_line(w));
-    }
+    warn(&report.warnings);
     if a.json {
         let text = serde_json::to_string(&report).expect("serialisable");
         writeln!(io::stdout().lock(), "{text}").map_err(Error::output)?;
@@ -502,9 +522,7 @@ fn run_apply_with(a: ApplyArgs, m: &Option<Arc<Meter>>) -> Result<()> {
 }
 
 fn print_rootfs(report: &RootfsReport, json: bool) -> Result<()> {
-    for w in &report.warnings {
-        eprintln!("warning: {}", one_line(w));
-    }
+    warn(&report.warnings);
     if json {
         let text = serde_json::to_string(report).expect("serialisable");
         writeln!(io::stdout().lock(), "{text}").map_err(Error::output)?;
@@ -537,9 +555,7 @@ fn image_arg(args: &[std::path::PathBuf]) -> Result<Option<ImageRef>> {
 }
 
 fn print_apply(report: &ApplyReport, a: &ApplyArgs) -> Result<()> {
-    for w in &report.warnings {
-        eprintln!("warning: {}", one_line(w));
-    }
+    warn(&report.warnings);
     let mut out = io::stdout().lock();
     let mut report = report.clone();
     if a.short {
@@ -598,9 +614,7 @@ fn run_create(a: CreateArgs) -> Result<()> {
     })();
     end_meter(&m);
     let c = result?;
-    for w in &c.apply.warnings {
-        eprintln!("warning: {}", one_line(w));
-    }
+    warn(&c.apply.warnings);
     if a.json {
         json_line(&c)
     } else {
@@ -627,12 +641,13 @@ fn run_inspect(a: ContainerArgs) -> Result<()> {
 fn run_commit(a: CommitArgs) -> Result<()> {
     use crate::containers::{commit_to_file, commit_to_image};
     let target = a.output.to_str().and_then(ImageRef::parse);
-    let compression = match (&target, a.compression) {
-        (_, Some(c)) => c,
-        (Some(_), None) => Compression::Gzip,
-        (None, None) => compression(None, a.level, Some(&a.output))?,
-    };
-    compression.level(a.level).map_err(Error::Usage)?;
+    let compression = out_compression(
+        target.is_some(),
+        Compression::Gzip,
+        a.compression,
+        a.level,
+        &a.output,
+    )?;
     if a.output == Path::new("-") {
         return Err(Error::Usage(
             "commit writes a file or an image: -o FILE or -o oci:DIR[:REF]".into(),
@@ -655,9 +670,7 @@ fn run_commit(a: CommitArgs) -> Result<()> {
                 message: a.message.clone(),
             };
             let r = commit_to_image(&a.store, &a.container, &t.target(), &opts, &meta)?;
-            for w in &r.warnings {
-                eprintln!("warning: {}", one_line(w));
-            }
+            warn(&r.warnings);
             serde_json::to_string(&r).expect("serialisable")
         }
         None => {
@@ -667,9 +680,7 @@ fn run_commit(a: CommitArgs) -> Result<()> {
                 ));
             }
             let r = commit_to_file(&a.store, &a.container, &a.output, &opts)?;
-            for w in &r.warnings {
-                eprintln!("warning: {}", one_line(w));
-            }
+            warn(&r.warnings);
             serde_json::to_string(&r.descriptor).expect("serialisable")
         }
     };

@@ -623,10 +623,10 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
         // `docker save` writes plain tars (the blob is the diff), but loaders take compressed
         // layers too: the first bytes say which. A compressed blob that the archive names only by
         // path gets its digest when a new image copies it.
-        let mut head = [0u8; 4];
-        let n =
-            read_head(&mut *input.open()?, &mut head).map_err(|e| Error::io(&input.label, e))?;
-        let c = crate::compress::Compression::sniff(&head[..n]);
+        let mut head = Vec::with_capacity(4);
+        std::io::Read::read_to_end(&mut std::io::Read::take(input.open()?, 4), &mut head)
+            .map_err(|e| Error::io(&input.label, e))?;
+        let c = crate::compress::Compression::sniff(&head);
         descs.push(write::LayerDesc {
             media_type: c.media_type().into(),
             digest: match c {
@@ -647,20 +647,6 @@ fn docker(files: &Files, label: &str, tag: Option<&str>) -> Result<Image> {
         layers,
         descs,
     })
-}
-
-/// Up to `buf.len()` bytes from the start of `r`.
-fn read_head(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Now, as the image-spec writes times.

@@ -18,12 +18,9 @@ use super::{layout, Store};
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Whether `name` is a store id or container id: 64 lowercase hex chars.
+/// Whether `name` is a store id or container id (see [`super::records::is_id`]).
 fn is_hex64(name: &[u8]) -> bool {
-    name.len() == 64
-        && name
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    std::str::from_utf8(name).is_ok_and(super::records::is_id)
 }
 
 /// The dirs at the store's top level, split: layers, containers, init layers. A container dir is

@@ -48,12 +48,6 @@ fn refused(cmd: &mut Command, code: i32) -> String {
     err
 }
 
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }

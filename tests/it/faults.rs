@@ -236,18 +236,6 @@ impl Reference {
     }
 }
 
-fn is_hex_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn is_link_name(s: &str) -> bool {
-    s.len() == 26
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
-}
-
 fn read_text(p: &Path) -> String {
     String::from_utf8(std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap_or_else(|e| panic!("{}: not UTF-8: {e}", p.display()))
@@ -332,7 +320,7 @@ fn layers_in(store: &Path, ids: &[String], when: &str) -> (Vec<bool>, Vec<usize>
         let id = t
             .strip_prefix("../")
             .and_then(|t| t.strip_suffix("/diff"))
-            .filter(|id| is_hex_id(id))
+            .filter(|id| is_hex64(id))
             .unwrap_or_else(|| panic!("{when}: l/{name} -> {t}: not ../<id>/diff"));
         assert!(
             std::fs::metadata(&p).is_ok_and(|m| m.is_dir()),

@@ -347,18 +347,6 @@ fn timed(cmd: &mut Command) -> Duration {
 // ---------------------------------------------------------------------------------------------
 // What a store must be after any command, killed or not
 
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn is_link_name(s: &str) -> bool {
-    s.len() == 26
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
-}
-
 fn is_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }

@@ -780,3 +780,17 @@ pub fn make_image(out: &Path, layers: &[PathBuf], compress: &[&str], extra: &str
         .arg(&spec));
     out.to_path_buf()
 }
+
+/// A store id or container id: 64 lowercase hex chars (moby and the OCI chainID's hex).
+pub fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An overlay2 short link name: 26 chars of base32 (moby `idLength`).
+pub fn is_link_name(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
